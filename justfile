@@ -1,0 +1,43 @@
+# The one place where the project's commands live.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export VIRTUAL_ENV := justfile_directory() / ".venv"
+export PYO3_PYTHON := VIRTUAL_ENV / "bin/python"
+py := VIRTUAL_ENV / "bin/python"
+
+default: test
+
+# Create .venv (once) with the build tool; the Python found first on PATH must be 3.11+.
+venv:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x "{{py}}" ]; then
+        python3 -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+        python3 -m venv "$VIRTUAL_ENV"
+    fi
+    stamp="$VIRTUAL_ENV/.bootstrap-$(sha256sum pyproject.toml | cut -c1-12)"
+    if [ ! -f "$stamp" ]; then
+        "{{py}}" -m pip install --quiet --upgrade pip "maturin>=1.9,<2"
+        touch "$stamp"
+    fi
+
+# Build the Rust extension (release) and install the package with its dev dependencies.
+build: venv
+    "$VIRTUAL_ENV/bin/maturin" develop --release --extras dev --quiet
+    "{{py}}" -c 'import analytics._normalize'
+
+# Rust unit and property tests, then the Python suites.
+test: build
+    cargo test --workspace --quiet
+    "{{py}}" -m pytest
+
+# pytest-benchmark micro benchmarks (figures go here, never in timed tests).
+bench *ARGS: build
+    "{{py}}" -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops,rounds {{ARGS}}
+
+# ruff (with the ASYNC rules), rustfmt and clippy.
+lint: build
+    "{{py}}" -m ruff check py tests benches
+    "{{py}}" -m ruff format --check py tests benches
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings

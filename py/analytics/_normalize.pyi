@@ -1,0 +1,95 @@
+"""Type stub for the Rust extension `analytics._normalize` (rust/normalize).
+
+The rules are in rust/normalize/README.md. Every function runs with the GIL released.
+
+`NormalizedBatch.copy_data` holds PostgreSQL binary COPY tuples (no file header or trailer,
+so payloads from many requests concatenate), 10 columns in this order:
+
+    1 customer_id  text         4 name         text          7 user_id     text NULL
+    2 dedup_key    text         5 ts           timestamptz   8 value       float8 NULL
+    3 event_id     text NULL    6 received_at  timestamptz   9 properties  jsonb
+                                                            10 flags       int2
+
+`flags` bits: TS_CLAMPED, TS_SKEW_CORRECTED, TS_DEFAULTED, DEDUP_FINGERPRINT.
+"""
+
+from typing import Final
+
+TS_CLAMPED: Final[int]
+TS_SKEW_CORRECTED: Final[int]
+TS_DEFAULTED: Final[int]
+DEDUP_FINGERPRINT: Final[int]
+
+class NormalizeError(ValueError):
+    """A whole body was refused. `args == (code, message)`."""
+
+    code: str
+
+class SignatureError(ValueError):
+    """A signature check failed. `args == (code, message)`."""
+
+    code: str
+
+class Limits:
+    """Size and complexity caps; any field may be overridden by keyword."""
+
+    max_body_bytes: int
+    max_ratio: int
+    max_events: int
+    max_event_bytes: int
+    max_name_chars: int
+    max_event_id_chars: int
+    max_user_id_chars: int
+    max_property_depth: int
+    max_properties: int
+    max_key_chars: int
+    max_string_bytes: int
+    max_future_us: int
+    def __init__(
+        self,
+        *,
+        max_body_bytes: int = ...,
+        max_ratio: int = ...,
+        max_events: int = ...,
+        max_event_bytes: int = ...,
+        max_name_chars: int = ...,
+        max_event_id_chars: int = ...,
+        max_user_id_chars: int = ...,
+        max_property_depth: int = ...,
+        max_properties: int = ...,
+        max_key_chars: int = ...,
+        max_string_bytes: int = ...,
+        max_future_us: int = ...,
+    ) -> None: ...
+
+class NormalizedBatch:
+    """The outcome of one body."""
+
+    accepted: int
+    total: int
+    rejected: list[tuple[int, str, str]]
+    """(index, code, message) for each refused event, in index order."""
+    copy_data: bytes
+
+def normalize_batch(
+    body: bytes,
+    received_at_us: int,
+    *,
+    customer_id: str = "",
+    content_encoding: str | None = None,
+    ndjson: bool = False,
+    limits: Limits | None = None,
+) -> NormalizedBatch:
+    """Decode, validate, normalize and COPY-encode every event of `body`.
+
+    Raises NormalizeError (with `.code`) when the body as a whole is refused;
+    bad single events are listed in `.rejected` instead.
+    """
+
+def verify_signature(
+    secret: bytes, header: str, body: bytes, now_s: int, tolerance_s: int = 300
+) -> None:
+    """Check `X-Signature` (`t=<secs>,v1=<hex>[,v1=…]`); raise SignatureError on failure."""
+
+def sign(secret: bytes, body: bytes, t: int) -> str:
+    """A valid `X-Signature` value for `body` signed at unix time `t`."""

@@ -1,0 +1,270 @@
+//! A request body to events: decompression with caps, JSON and NDJSON framing, batch shape.
+
+use crate::error::BodyError;
+use crate::json::{self, KeySeed, Seed, J, MAX_DEPTH};
+use crate::limits::Limits;
+use crate::time;
+use flate2::read::MultiGzDecoder;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Read;
+
+/// One event as framed from the body: its parse result and the byte length of its text.
+pub struct Framed<'a> {
+    pub event: Result<J<'a>, String>,
+    pub raw_len: usize,
+}
+
+pub struct Events<'a> {
+    pub events: Vec<Framed<'a>>,
+    pub sent_at_us: Option<i64>,
+}
+
+fn is_json_ws(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn trim_json_ws(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !is_json_ws(first) {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !is_json_ws(last) {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+/// Undoes `Content-Encoding`, streaming gzip under both the size and the ratio cap.
+pub fn decode<'a>(
+    body: &'a [u8],
+    encoding: Option<&str>,
+    limits: &Limits,
+) -> Result<Cow<'a, [u8]>, BodyError> {
+    let encoding = encoding.unwrap_or("");
+    if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
+        return Ok(Cow::Borrowed(body));
+    }
+    if !encoding.eq_ignore_ascii_case("gzip") {
+        return Err(BodyError::new(
+            "unsupported_encoding",
+            format!("content encoding {encoding:?} is not supported; use gzip or identity"),
+        ));
+    }
+    let bomb_cap = limits.max_ratio.saturating_mul(body.len()).max(65_536);
+    let cap = limits.max_body_bytes.min(bomb_cap);
+    let mut decoder = MultiGzDecoder::new(body);
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(cap));
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let n = decoder
+            .read(&mut chunk)
+            .map_err(|e| BodyError::new("invalid_gzip", format!("gzip body is corrupt: {e}")))?;
+        if n == 0 {
+            return Ok(Cow::Owned(out));
+        }
+        out.extend_from_slice(&chunk[..n]);
+        if out.len() > cap {
+            return Err(if limits.max_body_bytes <= bomb_cap {
+                BodyError::new(
+                    "body_too_large",
+                    format!("decompressed body is over {} bytes", limits.max_body_bytes),
+                )
+            } else {
+                BodyError::new(
+                    "decompression_bomb",
+                    format!("gzip body expands more than {}x", limits.max_ratio),
+                )
+            });
+        }
+    }
+}
+
+fn invalid_json(e: impl fmt::Display) -> BodyError {
+    BodyError::new("invalid_json", format!("body is not valid JSON: {e}"))
+}
+
+fn invalid_shape(message: &str) -> BodyError {
+    BodyError::new("invalid_shape", message)
+}
+
+fn too_many(limits: &Limits) -> BodyError {
+    BodyError::new(
+        "too_many_events",
+        format!("a batch holds at most {} events", limits.max_events),
+    )
+}
+
+/// Frames a decoded body into events (README "Body", steps 2–6).
+pub fn frame<'a>(body: &'a [u8], ndjson: bool, limits: &Limits) -> Result<Events<'a>, BodyError> {
+    if body.len() > limits.max_body_bytes {
+        return Err(BodyError::new(
+            "body_too_large",
+            format!("body is over {} bytes", limits.max_body_bytes),
+        ));
+    }
+    let trimmed = trim_json_ws(body);
+    if trimmed.is_empty() {
+        return Err(BodyError::new("empty_body", "body is empty"));
+    }
+    if ndjson {
+        frame_ndjson(body, limits)
+    } else {
+        let text = std::str::from_utf8(body).map_err(invalid_json)?;
+        frame_json(text, trimmed.len(), limits)
+    }
+}
+
+fn frame_ndjson<'a>(body: &'a [u8], limits: &Limits) -> Result<Events<'a>, BodyError> {
+    let mut events = Vec::new();
+    for line in body.split(|b| *b == b'\n') {
+        let line = trim_json_ws(line);
+        if line.is_empty() {
+            continue;
+        }
+        if events.len() == limits.max_events {
+            return Err(too_many(limits));
+        }
+        let event = std::str::from_utf8(line)
+            .map_err(|e| e.to_string())
+            .and_then(|text| json::parse(text, 0).map_err(|e| e.to_string()));
+        events.push(Framed {
+            event,
+            raw_len: line.len(),
+        });
+    }
+    Ok(Events {
+        events,
+        sent_at_us: None,
+    })
+}
+
+/// The top level of a JSON body: an object whose `events` stays raw text, or anything else.
+enum Top<'a> {
+    Object {
+        pairs: Vec<(Cow<'a, str>, J<'a>)>,
+        events: Vec<&'a RawValue>,
+    },
+    Other,
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON document")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+        let inner = Seed {
+            budget: MAX_DEPTH - 1,
+        };
+        let mut pairs = Vec::new();
+        let mut events = Vec::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if key == "events" {
+                // Kept raw: each element is parsed on its own, so its exact size is known.
+                events.push(map.next_value::<&'de RawValue>()?);
+            } else {
+                pairs.push((key, map.next_value_seed(inner)?));
+            }
+        }
+        Ok(Top::Object { pairs, events })
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top<'de>, A::Error> {
+        let inner = Seed {
+            budget: MAX_DEPTH - 1,
+        };
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(Top::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Top<'de>, E> {
+        if v.is_finite() {
+            Ok(Top::Other)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+}
+
+fn frame_json<'a>(
+    text: &'a str,
+    trimmed_len: usize,
+    limits: &Limits,
+) -> Result<Events<'a>, BodyError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = de.deserialize_any(TopVisitor).map_err(invalid_json)?;
+    de.end().map_err(invalid_json)?;
+    let Top::Object { pairs, events } = top else {
+        return Err(invalid_shape(
+            "body must be an event object or {\"events\": [...]}",
+        ));
+    };
+    let raw_events = match events.as_slice() {
+        [] => {
+            // A single event: the whole body.
+            let event = Ok(J::Obj(pairs));
+            return Ok(Events {
+                events: vec![Framed {
+                    event,
+                    raw_len: trimmed_len,
+                }],
+                sent_at_us: None,
+            });
+        }
+        [one] => one,
+        _ => return Err(invalid_shape("\"events\" appears twice")),
+    };
+    let mut sent_at = pairs.iter().filter(|(k, _)| k == "sent_at").map(|(_, v)| v);
+    let sent_at_us = match (sent_at.next(), sent_at.next()) {
+        (_, Some(_)) => return Err(invalid_shape("\"sent_at\" appears twice")),
+        (None | Some(J::Null), None) => None,
+        (Some(v), None) => Some(time::from_json(v).ok_or_else(|| {
+            BodyError::new(
+                "invalid_sent_at",
+                "sent_at must be an RFC 3339 string or epoch milliseconds",
+            )
+        })?),
+    };
+    if !raw_events.get().starts_with('[') {
+        return Err(invalid_shape("\"events\" must be an array"));
+    }
+    let elements: Vec<&RawValue> = serde_json::from_str(raw_events.get()).map_err(invalid_json)?;
+    if elements.len() > limits.max_events {
+        return Err(too_many(limits));
+    }
+    let events = elements
+        .into_iter()
+        .map(|raw| {
+            // The element sits two levels deep: inside the body object and the array.
+            let event = json::parse(raw.get(), 2).map_err(invalid_json)?;
+            Ok(Framed {
+                event: Ok(event),
+                raw_len: raw.get().len(),
+            })
+        })
+        .collect::<Result<Vec<_>, BodyError>>()?;
+    Ok(Events { events, sent_at_us })
+}

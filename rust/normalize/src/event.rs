@@ -1,0 +1,474 @@
+//! One event: validate, normalize, fingerprint and encode it as a COPY tuple.
+//!
+//! The rules and their order are the README's "Per event" section; the first failing check
+//! rejects the event with its code.
+
+use crate::copy;
+use crate::error::{reject, EventError};
+use crate::json::J;
+use crate::limits::Limits;
+use crate::time;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+
+pub const TS_CLAMPED: i16 = 1;
+pub const TS_SKEW_CORRECTED: i16 = 2;
+pub const TS_DEFAULTED: i16 = 4;
+pub const DEDUP_FINGERPRINT: i16 = 8;
+
+/// Number of columns in a COPY tuple (see the README's column table).
+pub const COLUMNS: i16 = 10;
+
+/// What every event of one request shares.
+pub struct Context<'c> {
+    pub limits: &'c Limits,
+    pub customer_id: &'c str,
+    pub received_at_us: i64,
+    pub sent_at_us: Option<i64>,
+}
+
+/// A flattened property value; strings are trimmed views into the parsed body.
+#[derive(Debug, PartialEq)]
+enum Leaf<'j> {
+    Null,
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(&'j str),
+    Arr(Vec<Leaf<'j>>),
+}
+
+/// Reusable buffers, so a batch does not allocate per event for them.
+#[derive(Default)]
+pub struct Scratch {
+    fingerprint: Vec<u8>,
+}
+
+pub fn is_ws(c: char) -> bool {
+    c.is_whitespace()
+}
+
+fn chars(s: &str) -> usize {
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    }
+}
+
+fn absent(v: Option<&J>) -> bool {
+    matches!(v, None | Some(J::Null))
+}
+
+/// Validates `event` and appends its COPY tuple to `out`; on rejection `out` is unchanged.
+pub fn encode(
+    event: &J,
+    raw_len: usize,
+    index: usize,
+    ctx: &Context,
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> Result<(), EventError> {
+    let limits = ctx.limits;
+    if raw_len > limits.max_event_bytes {
+        return reject(
+            "event_too_large",
+            format!("event is {raw_len} bytes, over {}", limits.max_event_bytes),
+        );
+    }
+    let J::Obj(pairs) = event else {
+        return reject("invalid_event", "event must be a JSON object");
+    };
+    if let Some(key) = first_duplicate(pairs.iter().map(|(k, _)| k.as_ref())) {
+        return reject("duplicate_key", format!("key {key:?} appears twice"));
+    }
+    let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+
+    let name = normalize_name(field("name"), limits)?;
+    let event_id = bounded_text(
+        field("event_id"),
+        limits.max_event_id_chars,
+        false,
+        "invalid_event_id",
+        "event_id",
+    )?;
+    let client_ts = match field("ts") {
+        v if absent(v) => None,
+        Some(v) => match time::from_json(v) {
+            Some(us) => Some(us),
+            None => return reject("invalid_ts", "ts must be an RFC 3339 string or epoch milliseconds between 1970 and 9999"),
+        },
+        None => None,
+    };
+    let (ts, mut flags) = event_time(client_ts, ctx)?;
+    let user_id = bounded_text(
+        field("user_id"),
+        limits.max_user_id_chars,
+        true,
+        "invalid_user_id",
+        "user_id",
+    )?;
+    let value = match field("value") {
+        v if absent(v) => None,
+        Some(J::I64(v)) => Some(*v as f64),
+        Some(J::U64(v)) => Some(*v as f64),
+        Some(J::F64(v)) => Some(*v),
+        Some(_) => return reject("invalid_value", "value must be a number"),
+        None => None,
+    };
+    let properties = match field("properties") {
+        v if absent(v) => Vec::new(),
+        Some(J::Obj(pairs)) => flatten(pairs, limits)?,
+        Some(_) => return reject("invalid_properties", "properties must be an object"),
+        None => Vec::new(),
+    };
+
+    let fingerprint_key;
+    let dedup_key: Cow<str> = match &event_id {
+        Some(id) => Cow::Owned(format!("id:{id}")),
+        None => {
+            flags |= DEDUP_FINGERPRINT;
+            fingerprint_key = fingerprint(
+                &mut scratch.fingerprint,
+                &name,
+                client_ts.ok_or((ctx.received_at_us, index)),
+                user_id.as_deref(),
+                value,
+                &properties,
+            );
+            Cow::Borrowed(fingerprint_key.as_str())
+        }
+    };
+
+    copy::tuple(out, COLUMNS);
+    copy::text(out, ctx.customer_id);
+    copy::text(out, &dedup_key);
+    copy::opt_text(out, event_id.as_deref());
+    copy::text(out, &name);
+    copy::timestamptz(out, ts);
+    copy::timestamptz(out, ctx.received_at_us);
+    copy::opt_text(out, user_id.as_deref());
+    copy::opt_float8(out, value);
+    let start = copy::begin_field(out);
+    out.push(copy::JSONB_VERSION);
+    write_properties(out, &properties);
+    copy::end_field(out, start);
+    copy::int2(out, flags);
+    Ok(())
+}
+
+fn first_duplicate<'k>(keys: impl Iterator<Item = &'k str>) -> Option<&'k str> {
+    let mut keys: Vec<&str> = keys.collect();
+    keys.sort_unstable();
+    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+/// Trim, collapse inner whitespace to one space, lowercase.
+pub fn normalize_name(v: Option<&J>, limits: &Limits) -> Result<String, EventError> {
+    let raw = match v {
+        v if absent(v) => return reject("missing_name", "name is required"),
+        Some(J::Str(s)) => s,
+        _ => return reject("invalid_name", "name must be a string"),
+    };
+    let mut collapsed = String::with_capacity(raw.len());
+    for word in raw.split(is_ws).filter(|w| !w.is_empty()) {
+        if !collapsed.is_empty() {
+            collapsed.push(' ');
+        }
+        collapsed.push_str(word);
+    }
+    let name = if collapsed.is_ascii() {
+        collapsed.make_ascii_lowercase();
+        collapsed
+    } else {
+        collapsed.to_lowercase()
+    };
+    let n = chars(&name);
+    if n == 0 || n > limits.max_name_chars {
+        return reject(
+            "invalid_name",
+            format!("name must be 1-{} characters", limits.max_name_chars),
+        );
+    }
+    if name.chars().any(char::is_control) {
+        return reject("invalid_name", "name must not contain control characters");
+    }
+    Ok(name)
+}
+
+/// An optional trimmed string (or, when `integers`, an integer written in decimal).
+fn bounded_text<'j>(
+    v: Option<&'j J>,
+    max_chars: usize,
+    integers: bool,
+    code: &'static str,
+    what: &str,
+) -> Result<Option<Cow<'j, str>>, EventError> {
+    let s: Cow<str> = match v {
+        v if absent(v) => return Ok(None),
+        Some(J::Str(s)) => Cow::Borrowed(s.trim_matches(is_ws)),
+        Some(J::I64(i)) if integers => Cow::Owned(i.to_string()),
+        Some(J::U64(u)) if integers => Cow::Owned(u.to_string()),
+        _ if integers => return reject(code, format!("{what} must be a string or an integer")),
+        _ => return reject(code, format!("{what} must be a string")),
+    };
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if chars(&s) > max_chars {
+        return reject(code, format!("{what} must be at most {max_chars} characters"));
+    }
+    if s.contains('\0') {
+        return reject(code, format!("{what} must not contain U+0000"));
+    }
+    Ok(Some(s))
+}
+
+/// Skew correction and clamping; returns the stored ts and its flags.
+fn event_time(client_ts: Option<i64>, ctx: &Context) -> Result<(i64, i16), EventError> {
+    let recv = ctx.received_at_us;
+    let (mut ts, mut flags) = match (client_ts, ctx.sent_at_us) {
+        (None, _) => (recv, TS_DEFAULTED),
+        (Some(ts), None) => (ts, 0),
+        (Some(ts), Some(sent)) => {
+            let corrected = recv - (sent - ts);
+            if !time::in_range(corrected) {
+                return reject("invalid_ts", "ts corrected for clock skew is out of range");
+            }
+            (corrected, TS_SKEW_CORRECTED)
+        }
+    };
+    if ts > recv.saturating_add(ctx.limits.max_future_us) {
+        ts = recv;
+        flags |= TS_CLAMPED;
+    }
+    Ok((ts, flags))
+}
+
+fn invalid(message: impl Into<String>) -> EventError {
+    ("invalid_properties", message.into())
+}
+
+/// Flattens `properties` to sorted dotted keys, enforcing the README's property rules.
+fn flatten<'j>(
+    pairs: &'j [(Cow<'j, str>, J<'j>)],
+    limits: &Limits,
+) -> Result<Vec<(Cow<'j, str>, Leaf<'j>)>, EventError> {
+    let mut out = Vec::with_capacity(pairs.len());
+    walk(pairs, None, 1, limits, &mut out)?;
+    if out.len() > limits.max_properties {
+        return Err(invalid(format!(
+            "properties have {} keys, over {}",
+            out.len(),
+            limits.max_properties
+        )));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        return reject("duplicate_key", format!("property {:?} appears twice", w[0].0));
+    }
+    Ok(out)
+}
+
+fn walk<'j>(
+    pairs: &'j [(Cow<'j, str>, J<'j>)],
+    prefix: Option<&str>,
+    depth: usize,
+    limits: &Limits,
+    out: &mut Vec<(Cow<'j, str>, Leaf<'j>)>,
+) -> Result<(), EventError> {
+    for (key, value) in pairs {
+        let key = key.trim_matches(is_ws);
+        if key.is_empty() {
+            return Err(invalid("property keys must not be empty"));
+        }
+        if key.contains('\0') {
+            return Err(invalid("property keys must not contain U+0000"));
+        }
+        let full: Cow<str> = match prefix {
+            Some(p) => Cow::Owned(format!("{p}.{key}")),
+            None => Cow::Borrowed(key),
+        };
+        if chars(&full) > limits.max_key_chars {
+            return Err(invalid(format!(
+                "property keys must be at most {} characters",
+                limits.max_key_chars
+            )));
+        }
+        match value {
+            J::Obj(inner) => {
+                if depth + 1 > limits.max_property_depth {
+                    return Err(invalid(format!(
+                        "properties nest deeper than {}",
+                        limits.max_property_depth
+                    )));
+                }
+                walk(inner, Some(&full), depth + 1, limits, out)?;
+            }
+            J::Arr(items) => {
+                let items = items
+                    .iter()
+                    .map(|item| scalar(item, limits))
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.push((full, Leaf::Arr(items)));
+            }
+            other => out.push((full, scalar(other, limits)?)),
+        }
+    }
+    Ok(())
+}
+
+fn scalar<'j>(v: &'j J, limits: &Limits) -> Result<Leaf<'j>, EventError> {
+    Ok(match v {
+        J::Null => Leaf::Null,
+        J::Bool(b) => Leaf::Bool(*b),
+        J::I64(i) => Leaf::I64(*i),
+        J::U64(u) => Leaf::U64(*u),
+        J::F64(f) => Leaf::F64(*f),
+        J::Str(s) => {
+            let s = s.trim_matches(is_ws);
+            if s.len() > limits.max_string_bytes {
+                return Err(invalid(format!(
+                    "property strings must be at most {} bytes",
+                    limits.max_string_bytes
+                )));
+            }
+            if s.contains('\0') {
+                return Err(invalid("property strings must not contain U+0000"));
+            }
+            Leaf::Str(s)
+        }
+        J::Arr(_) | J::Obj(_) => {
+            return Err(invalid("arrays may hold only strings, numbers, booleans and null"))
+        }
+    })
+}
+
+fn put_len(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_leaf(buf: &mut Vec<u8>, leaf: &Leaf) {
+    match leaf {
+        Leaf::Null => buf.push(b'0'),
+        Leaf::Bool(false) => buf.push(b'f'),
+        Leaf::Bool(true) => buf.push(b'T'),
+        Leaf::I64(i) => {
+            buf.push(b'i');
+            buf.extend_from_slice(&i.to_le_bytes());
+        }
+        Leaf::U64(u) => {
+            buf.push(b'w');
+            buf.extend_from_slice(&u.to_le_bytes());
+        }
+        Leaf::F64(f) => {
+            buf.push(b'd');
+            buf.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        Leaf::Str(s) => {
+            buf.push(b's');
+            put_len(buf, s);
+        }
+        Leaf::Arr(items) => {
+            buf.push(b'a');
+            buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            items.iter().for_each(|item| put_leaf(buf, item));
+        }
+    }
+}
+
+/// `"fp:"` + the first 16 bytes of SHA-256 over the README's fingerprint layout, in hex.
+/// `ts` is the client's ts, or (received_at, index) when the event has none.
+fn fingerprint(
+    buf: &mut Vec<u8>,
+    name: &str,
+    ts: Result<i64, (i64, usize)>,
+    user_id: Option<&str>,
+    value: Option<f64>,
+    properties: &[(Cow<str>, Leaf)],
+) -> String {
+    buf.clear();
+    buf.push(b'n');
+    put_len(buf, name);
+    match ts {
+        Ok(ts) => {
+            buf.push(b't');
+            buf.extend_from_slice(&ts.to_le_bytes());
+        }
+        Err((received, index)) => {
+            buf.push(b'r');
+            buf.extend_from_slice(&received.to_le_bytes());
+            buf.extend_from_slice(&(index as u32).to_le_bytes());
+        }
+    }
+    match user_id {
+        Some(u) => {
+            buf.push(b'u');
+            put_len(buf, u);
+        }
+        None => buf.push(b'-'),
+    }
+    match value {
+        Some(v) => {
+            buf.push(b'v');
+            buf.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        None => buf.push(b'-'),
+    }
+    buf.push(b'p');
+    buf.extend_from_slice(&(properties.len() as u32).to_le_bytes());
+    for (key, leaf) in properties {
+        put_len(buf, key);
+        put_leaf(buf, leaf);
+    }
+    let digest = Sha256::digest(buf.as_slice());
+    let mut key = String::with_capacity(35);
+    key.push_str("fp:");
+    for byte in &digest[..16] {
+        key.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        key.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+    }
+    key
+}
+
+fn write_leaf(out: &mut Vec<u8>, leaf: &Leaf) {
+    // Writing to a Vec cannot fail, and every number here is finite.
+    match leaf {
+        Leaf::Null => out.extend_from_slice(b"null"),
+        Leaf::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Leaf::I64(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Leaf::U64(u) => out.extend_from_slice(u.to_string().as_bytes()),
+        Leaf::F64(f) => {
+            let _ = serde_json::to_writer(&mut *out, f);
+        }
+        Leaf::Str(s) => {
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
+        Leaf::Arr(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_leaf(out, item);
+            }
+            out.push(b']');
+        }
+    }
+}
+
+/// The flattened properties as a compact JSON object in key order.
+fn write_properties(out: &mut Vec<u8>, properties: &[(Cow<str>, Leaf)]) {
+    out.push(b'{');
+    for (i, (key, leaf)) in properties.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, key.as_ref());
+        out.push(b':');
+        write_leaf(out, leaf);
+    }
+    out.push(b'}');
+}

@@ -1,0 +1,156 @@
+//! `X-Signature` checks: HMAC-SHA256 over `"<t>." + body`, several `v1` for key rotation,
+//! constant-time comparison, and a replay window on both sides of now.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub const MAX_HEADER_BYTES: usize = 4096;
+pub const MAX_SIGNATURES: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureError {
+    Malformed(&'static str),
+    Stale,
+    Future,
+    Mismatch,
+}
+
+impl SignatureError {
+    pub fn code(self) -> &'static str {
+        match self {
+            SignatureError::Malformed(_) => "malformed_signature",
+            SignatureError::Stale => "stale_signature",
+            SignatureError::Future => "future_signature",
+            SignatureError::Mismatch => "bad_signature",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            SignatureError::Malformed(why) => why,
+            SignatureError::Stale => "signature timestamp is too old",
+            SignatureError::Future => "signature timestamp is too far in the future",
+            SignatureError::Mismatch => "signature does not match the body",
+        }
+    }
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// Parses `t=<secs>,v1=<hex>[,v1=<hex>…]` into the timestamp and the candidate MACs.
+pub fn parse_header(header: &str) -> Result<(i64, Vec<[u8; 32]>), SignatureError> {
+    use SignatureError::Malformed;
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(Malformed("signature header is too long"));
+    }
+    let mut t = None;
+    let mut macs = Vec::new();
+    for item in header.split(',') {
+        let (scheme, value) = item.trim().split_once('=').unwrap_or((item.trim(), ""));
+        match scheme {
+            "t" => {
+                if t.is_some() {
+                    return Err(Malformed("signature header has two timestamps"));
+                }
+                if value.is_empty() || value.len() > 12 || !value.bytes().all(|c| c.is_ascii_digit()) {
+                    return Err(Malformed("signature timestamp must be unix seconds"));
+                }
+                t = value.parse::<i64>().ok();
+            }
+            "v1" => {
+                if macs.len() == MAX_SIGNATURES {
+                    return Err(Malformed("signature header has too many v1 entries"));
+                }
+                macs.push(unhex(value).ok_or(Malformed("v1 must be 64 hex digits"))?);
+            }
+            _ => {}
+        }
+    }
+    let t = t.ok_or(Malformed("signature header has no timestamp"))?;
+    if macs.is_empty() {
+        return Err(Malformed("signature header has no v1 signature"));
+    }
+    Ok((t, macs))
+}
+
+pub fn verify(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now_s: i64,
+    tolerance_s: i64,
+) -> Result<(), SignatureError> {
+    let (t, macs) = parse_header(header)?;
+    if now_s.saturating_sub(t) > tolerance_s {
+        return Err(SignatureError::Stale);
+    }
+    if t.saturating_sub(now_s) > tolerance_s {
+        return Err(SignatureError::Future);
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    // Every candidate is checked (no early exit), each with hmac's constant-time comparison.
+    let matched = macs
+        .iter()
+        .fold(false, |acc, candidate| acc | mac.clone().verify_slice(candidate).is_ok());
+    if matched {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// The header value for `body` signed at `t` (for clients, tests and load scripts).
+pub fn sign(secret: &[u8], body: &[u8], t: i64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t={t},v1={hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rotation() {
+        let header = sign(b"k2", b"{}", 1000);
+        assert_eq!(verify(b"k2", &header, b"{}", 1000, 300), Ok(()));
+        let old = sign(b"k1", b"{}", 1000);
+        let both = format!("{},{}", header, old.split_once(',').unwrap().1);
+        assert_eq!(verify(b"k1", &both, b"{}", 1000, 300), Ok(()));
+        assert_eq!(verify(b"k3", &both, b"{}", 1000, 300), Err(SignatureError::Mismatch));
+        assert_eq!(verify(b"k2", &header, b"{ }", 1000, 300), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn window_and_malformed() {
+        let header = sign(b"k", b"x", 1000);
+        assert_eq!(verify(b"k", &header, b"x", 1301, 300), Err(SignatureError::Stale));
+        assert_eq!(verify(b"k", &header, b"x", 699, 300), Err(SignatureError::Future));
+        assert_eq!(verify(b"k", &header, b"x", 1300, 300), Ok(()));
+        for bad in ["", "t=1", "v1=00", "t=x,v1=00", "t=1,t=2,v1=00", &"a".repeat(5000)] {
+            assert_eq!(verify(b"k", bad, b"x", 1, 300).unwrap_err().code(), "malformed_signature");
+        }
+    }
+}
