@@ -222,49 +222,67 @@ fn frame_json<'a>(
             "body must be an event object or {\"events\": [...]}",
         ));
     };
-    let raw_events = match events.as_slice() {
-        [] => {
-            // A single event: the whole body.
-            let event = Ok(J::Obj(pairs));
-            return Ok(Events {
-                events: vec![Framed {
-                    event,
-                    raw_len: trimmed_len,
-                }],
-                sent_at_us: None,
-            });
+    if events.is_empty() {
+        // A single event: the whole body.
+        if limits.max_events == 0 {
+            return Err(too_many(limits));
         }
-        [one] => one,
-        _ => return Err(invalid_shape("\"events\" appears twice")),
+        return Ok(Events {
+            events: vec![Framed {
+                event: Ok(J::Obj(pairs)),
+                raw_len: trimmed_len,
+            }],
+            sent_at_us: None,
+        });
+    }
+    // A JSON body is valid as a whole or not at all: every `events` value is parsed strictly
+    // (each array element on its own, so its exact size is known) before any shape check.
+    let mut arrays = Vec::with_capacity(1);
+    for raw in &events {
+        if raw.get().starts_with('[') {
+            let elements: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(invalid_json)?;
+            let parsed = elements
+                .into_iter()
+                .map(|el| {
+                    // The element sits two levels deep: inside the body object and the array.
+                    let event = json::parse(el.get(), 2).map_err(invalid_json)?;
+                    Ok(Framed {
+                        event: Ok(event),
+                        raw_len: el.get().len(),
+                    })
+                })
+                .collect::<Result<Vec<_>, BodyError>>()?;
+            arrays.push(Some(parsed));
+        } else {
+            json::parse(raw.get(), 1).map_err(invalid_json)?;
+            arrays.push(None);
+        }
+    }
+    let sent_at: Vec<&J> = pairs
+        .iter()
+        .filter(|(k, _)| k == "sent_at")
+        .map(|(_, v)| v)
+        .collect();
+    if arrays.len() > 1 {
+        return Err(invalid_shape("\"events\" appears twice"));
+    }
+    if sent_at.len() > 1 {
+        return Err(invalid_shape("\"sent_at\" appears twice"));
+    }
+    let Some(Some(events)) = arrays.pop() else {
+        return Err(invalid_shape("\"events\" must be an array"));
     };
-    let mut sent_at = pairs.iter().filter(|(k, _)| k == "sent_at").map(|(_, v)| v);
-    let sent_at_us = match (sent_at.next(), sent_at.next()) {
-        (_, Some(_)) => return Err(invalid_shape("\"sent_at\" appears twice")),
-        (None | Some(J::Null), None) => None,
-        (Some(v), None) => Some(time::from_json(v).ok_or_else(|| {
+    let sent_at_us = match sent_at.first() {
+        None | Some(J::Null) => None,
+        Some(v) => Some(time::from_json(v).ok_or_else(|| {
             BodyError::new(
                 "invalid_sent_at",
                 "sent_at must be an RFC 3339 string or epoch milliseconds",
             )
         })?),
     };
-    if !raw_events.get().starts_with('[') {
-        return Err(invalid_shape("\"events\" must be an array"));
-    }
-    let elements: Vec<&RawValue> = serde_json::from_str(raw_events.get()).map_err(invalid_json)?;
-    if elements.len() > limits.max_events {
+    if events.len() > limits.max_events {
         return Err(too_many(limits));
     }
-    let events = elements
-        .into_iter()
-        .map(|raw| {
-            // The element sits two levels deep: inside the body object and the array.
-            let event = json::parse(raw.get(), 2).map_err(invalid_json)?;
-            Ok(Framed {
-                event: Ok(event),
-                raw_len: raw.get().len(),
-            })
-        })
-        .collect::<Result<Vec<_>, BodyError>>()?;
     Ok(Events { events, sent_at_us })
 }

@@ -54,7 +54,7 @@ pub fn begin_field(out: &mut Vec<u8>) -> usize {
     out.len()
 }
 
-pub fn end_field(out: &mut Vec<u8>, start: usize) {
+pub fn end_field(out: &mut [u8], start: usize) {
     let len = (out.len() - start) as i32;
     out[start - 4..start].copy_from_slice(&len.to_be_bytes());
 }

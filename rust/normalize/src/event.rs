@@ -61,22 +61,15 @@ fn absent(v: Option<&J>) -> bool {
     matches!(v, None | Some(J::Null))
 }
 
-/// Validates `event` and appends its COPY tuple to `out`; on rejection `out` is unchanged.
+/// Validates `event` (already within the size cap) and appends its COPY tuple to `out`; on rejection `out` is unchanged.
 pub fn encode(
     event: &J,
-    raw_len: usize,
     index: usize,
     ctx: &Context,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) -> Result<(), EventError> {
     let limits = ctx.limits;
-    if raw_len > limits.max_event_bytes {
-        return reject(
-            "event_too_large",
-            format!("event is {raw_len} bytes, over {}", limits.max_event_bytes),
-        );
-    }
     let J::Obj(pairs) = event else {
         return reject("invalid_event", "event must be a JSON object");
     };
@@ -97,7 +90,12 @@ pub fn encode(
         v if absent(v) => None,
         Some(v) => match time::from_json(v) {
             Some(us) => Some(us),
-            None => return reject("invalid_ts", "ts must be an RFC 3339 string or epoch milliseconds between 1970 and 9999"),
+            None => {
+                return reject(
+                    "invalid_ts",
+                    "ts must be an RFC 3339 string or epoch milliseconds between 1970 and 9999",
+                )
+            }
         },
         None => None,
     };
@@ -217,7 +215,10 @@ fn bounded_text<'j>(
         return Ok(None);
     }
     if chars(&s) > max_chars {
-        return reject(code, format!("{what} must be at most {max_chars} characters"));
+        return reject(
+            code,
+            format!("{what} must be at most {max_chars} characters"),
+        );
     }
     if s.contains('\0') {
         return reject(code, format!("{what} must not contain U+0000"));
@@ -256,7 +257,7 @@ fn flatten<'j>(
     limits: &Limits,
 ) -> Result<Vec<(Cow<'j, str>, Leaf<'j>)>, EventError> {
     let mut out = Vec::with_capacity(pairs.len());
-    walk(pairs, None, 1, limits, &mut out)?;
+    let repeated = walk(pairs, None, 1, limits, &mut out)?;
     if out.len() > limits.max_properties {
         return Err(invalid(format!(
             "properties have {} keys, over {}",
@@ -264,20 +265,33 @@ fn flatten<'j>(
             limits.max_properties
         )));
     }
+    if let Some(key) = repeated {
+        return reject(
+            "duplicate_key",
+            format!("property key {key:?} appears twice"),
+        );
+    }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
-        return reject("duplicate_key", format!("property {:?} appears twice", w[0].0));
+        return reject(
+            "duplicate_key",
+            format!("property {:?} appears twice", w[0].0),
+        );
     }
     Ok(out)
 }
 
+/// Step 1 of the property checks: collects leaves depth-first in document order and fails at
+/// the first bad key, leaf or depth. Returns the first key some object repeats verbatim
+/// (reported as `duplicate_key` in step 3, after the leaf count).
 fn walk<'j>(
     pairs: &'j [(Cow<'j, str>, J<'j>)],
     prefix: Option<&str>,
     depth: usize,
     limits: &Limits,
     out: &mut Vec<(Cow<'j, str>, Leaf<'j>)>,
-) -> Result<(), EventError> {
+) -> Result<Option<&'j str>, EventError> {
+    let mut repeated = first_duplicate(pairs.iter().map(|(k, _)| k.as_ref()));
     for (key, value) in pairs {
         let key = key.trim_matches(is_ws);
         if key.is_empty() {
@@ -304,7 +318,8 @@ fn walk<'j>(
                         limits.max_property_depth
                     )));
                 }
-                walk(inner, Some(&full), depth + 1, limits, out)?;
+                let inner_repeated = walk(inner, Some(&full), depth + 1, limits, out)?;
+                repeated = repeated.or(inner_repeated);
             }
             J::Arr(items) => {
                 let items = items
@@ -316,7 +331,7 @@ fn walk<'j>(
             other => out.push((full, scalar(other, limits)?)),
         }
     }
-    Ok(())
+    Ok(repeated)
 }
 
 fn scalar<'j>(v: &'j J, limits: &Limits) -> Result<Leaf<'j>, EventError> {
@@ -340,7 +355,9 @@ fn scalar<'j>(v: &'j J, limits: &Limits) -> Result<Leaf<'j>, EventError> {
             Leaf::Str(s)
         }
         J::Arr(_) | J::Obj(_) => {
-            return Err(invalid("arrays may hold only strings, numbers, booleans and null"))
+            return Err(invalid(
+                "arrays may hold only strings, numbers, booleans and null",
+            ))
         }
     })
 }

@@ -51,9 +51,20 @@ pub fn normalize_batch(
     };
     let mut scratch = event::Scratch::default();
     for (index, f) in framed.events.iter().enumerate() {
-        let result = match &f.event {
-            Ok(j) => event::encode(j, f.raw_len, index, &ctx, &mut scratch, &mut out.copy_data),
-            Err(e) => Err(("invalid_json", format!("event is not valid JSON: {e}"))),
+        // The size cap comes first, so an oversized line is never parsed for its verdict.
+        let result = if f.raw_len > limits.max_event_bytes {
+            Err((
+                "event_too_large",
+                format!(
+                    "event is {} bytes, over {}",
+                    f.raw_len, limits.max_event_bytes
+                ),
+            ))
+        } else {
+            match &f.event {
+                Ok(j) => event::encode(j, index, &ctx, &mut scratch, &mut out.copy_data),
+                Err(e) => Err(("invalid_json", format!("event is not valid JSON: {e}"))),
+            }
         };
         match result {
             Ok(()) => out.accepted += 1,

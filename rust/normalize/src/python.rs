@@ -11,8 +11,18 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 
-create_exception!(_normalize, NormalizeError, PyValueError, "A whole body was refused; `.code` says why.");
-create_exception!(_normalize, SignatureError, PyValueError, "A signature check failed; `.code` says why.");
+create_exception!(
+    _normalize,
+    NormalizeError,
+    PyValueError,
+    "A whole body was refused; `.code` says why."
+);
+create_exception!(
+    _normalize,
+    SignatureError,
+    PyValueError,
+    "A signature check failed; `.code` says why."
+);
 
 fn coded<E: pyo3::PyTypeInfo>(py: Python<'_>, code: &str, message: &str) -> PyErr {
     let err = PyErr::new::<E, _>((code.to_owned(), message.to_owned()));
@@ -179,7 +189,14 @@ fn normalize_batch(
 ) -> PyResult<NormalizedBatch> {
     let limits = limits.map(CoreLimits::from).unwrap_or_default();
     let result = py.detach(|| {
-        crate::normalize_batch(&body, received_at_us, customer_id, content_encoding, ndjson, &limits)
+        crate::normalize_batch(
+            &body,
+            received_at_us,
+            customer_id,
+            content_encoding,
+            ndjson,
+            &limits,
+        )
     });
     let Normalized {
         accepted,

@@ -49,7 +49,8 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 }
 
 /// Parses `t=<secs>,v1=<hex>[,v1=<hex>…]` into the timestamp and the candidate MACs.
-pub fn parse_header(header: &str) -> Result<(i64, Vec<[u8; 32]>), SignatureError> {
+/// Returns `t` both as sent (the signed text) and as a number.
+pub fn parse_header(header: &str) -> Result<(&str, i64, Vec<[u8; 32]>), SignatureError> {
     use SignatureError::Malformed;
     if header.len() > MAX_HEADER_BYTES {
         return Err(Malformed("signature header is too long"));
@@ -57,16 +58,20 @@ pub fn parse_header(header: &str) -> Result<(i64, Vec<[u8; 32]>), SignatureError
     let mut t = None;
     let mut macs = Vec::new();
     for item in header.split(',') {
-        let (scheme, value) = item.trim().split_once('=').unwrap_or((item.trim(), ""));
+        let item = item.trim_matches(' ');
+        let (scheme, value) = item.split_once('=').unwrap_or((item, ""));
         match scheme {
             "t" => {
                 if t.is_some() {
                     return Err(Malformed("signature header has two timestamps"));
                 }
-                if value.is_empty() || value.len() > 12 || !value.bytes().all(|c| c.is_ascii_digit()) {
+                if value.is_empty()
+                    || value.len() > 12
+                    || !value.bytes().all(|c| c.is_ascii_digit())
+                {
                     return Err(Malformed("signature timestamp must be unix seconds"));
                 }
-                t = value.parse::<i64>().ok();
+                t = value.parse::<i64>().ok().map(|n| (value, n));
             }
             "v1" => {
                 if macs.len() == MAX_SIGNATURES {
@@ -81,7 +86,7 @@ pub fn parse_header(header: &str) -> Result<(i64, Vec<[u8; 32]>), SignatureError
     if macs.is_empty() {
         return Err(Malformed("signature header has no v1 signature"));
     }
-    Ok((t, macs))
+    Ok((t.0, t.1, macs))
 }
 
 pub fn verify(
@@ -91,7 +96,7 @@ pub fn verify(
     now_s: i64,
     tolerance_s: i64,
 ) -> Result<(), SignatureError> {
-    let (t, macs) = parse_header(header)?;
+    let (t_text, t, macs) = parse_header(header)?;
     if now_s.saturating_sub(t) > tolerance_s {
         return Err(SignatureError::Stale);
     }
@@ -99,13 +104,13 @@ pub fn verify(
         return Err(SignatureError::Future);
     }
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(t.to_string().as_bytes());
+    mac.update(t_text.as_bytes());
     mac.update(b".");
     mac.update(body);
     // Every candidate is checked (no early exit), each with hmac's constant-time comparison.
-    let matched = macs
-        .iter()
-        .fold(false, |acc, candidate| acc | mac.clone().verify_slice(candidate).is_ok());
+    let matched = macs.iter().fold(false, |acc, candidate| {
+        acc | mac.clone().verify_slice(candidate).is_ok()
+    });
     if matched {
         Ok(())
     } else {
@@ -139,18 +144,40 @@ mod tests {
         let old = sign(b"k1", b"{}", 1000);
         let both = format!("{},{}", header, old.split_once(',').unwrap().1);
         assert_eq!(verify(b"k1", &both, b"{}", 1000, 300), Ok(()));
-        assert_eq!(verify(b"k3", &both, b"{}", 1000, 300), Err(SignatureError::Mismatch));
-        assert_eq!(verify(b"k2", &header, b"{ }", 1000, 300), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(b"k3", &both, b"{}", 1000, 300),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"k2", &header, b"{ }", 1000, 300),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
     fn window_and_malformed() {
         let header = sign(b"k", b"x", 1000);
-        assert_eq!(verify(b"k", &header, b"x", 1301, 300), Err(SignatureError::Stale));
-        assert_eq!(verify(b"k", &header, b"x", 699, 300), Err(SignatureError::Future));
+        assert_eq!(
+            verify(b"k", &header, b"x", 1301, 300),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            verify(b"k", &header, b"x", 699, 300),
+            Err(SignatureError::Future)
+        );
         assert_eq!(verify(b"k", &header, b"x", 1300, 300), Ok(()));
-        for bad in ["", "t=1", "v1=00", "t=x,v1=00", "t=1,t=2,v1=00", &"a".repeat(5000)] {
-            assert_eq!(verify(b"k", bad, b"x", 1, 300).unwrap_err().code(), "malformed_signature");
+        for bad in [
+            "",
+            "t=1",
+            "v1=00",
+            "t=x,v1=00",
+            "t=1,t=2,v1=00",
+            &"a".repeat(5000),
+        ] {
+            assert_eq!(
+                verify(b"k", bad, b"x", 1, 300).unwrap_err().code(),
+                "malformed_signature"
+            );
         }
     }
 }

@@ -21,7 +21,7 @@ pub fn from_json(v: &J) -> Option<i64> {
         J::U64(_) => return None,
         J::F64(ms) => {
             let us = (ms * 1000.0).floor();
-            if !(us.abs() < 9.0e18) {
+            if us.is_nan() || us.abs() >= 9.0e18 {
                 return None;
             }
             us as i64
@@ -127,7 +127,10 @@ mod tests {
             parse_rfc3339(b"2024-02-29t12:30:45.1234567+02:00"),
             Some(1_709_202_645_123_456)
         );
-        assert_eq!(parse_rfc3339(b"2000-01-01 00:00:00z"), Some(PG_EPOCH_OFFSET_US));
+        assert_eq!(
+            parse_rfc3339(b"2000-01-01 00:00:00z"),
+            Some(PG_EPOCH_OFFSET_US)
+        );
         assert_eq!(parse_rfc3339(b"2023-02-29T00:00:00Z"), None);
         assert_eq!(parse_rfc3339(b"2024-01-01T24:00:00Z"), None);
         assert_eq!(parse_rfc3339(b"2024-01-01T00:00:60Z"), None);
@@ -139,7 +142,10 @@ mod tests {
 
     #[test]
     fn epoch_millis_and_range() {
-        assert_eq!(from_json(&J::I64(1_700_000_000_123)), Some(1_700_000_000_123_000));
+        assert_eq!(
+            from_json(&J::I64(1_700_000_000_123)),
+            Some(1_700_000_000_123_000)
+        );
         assert_eq!(from_json(&J::F64(1.5)), Some(1500));
         assert_eq!(from_json(&J::I64(-1)), None);
         assert_eq!(from_json(&J::F64(1e300)), None);
