@@ -1,0 +1,1 @@
+"""PostgreSQL storage: embedded server, pool, migrations, partitions and API keys."""

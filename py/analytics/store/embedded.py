@@ -1,0 +1,76 @@
+"""An embedded PostgreSQL (the `pgserver` wheel) for when `DATABASE_URL` is unset.
+
+Everything here blocks (initdb, `pg_ctl start`/`stop`, a process-wide file lock): call it before
+the event loop starts, or from async code through a thread offload
+(`anyio.to_thread.run_sync(start_embedded, data_dir)`).
+
+The server is started with `cleanup_mode=None`, so it outlives the process that started it and
+later processes reuse it (the data, and the running server, persist under `data_dir/pg`). Stop it
+with `stop_embedded`. When run as root, pgserver creates a `pgserver` system user that owns the
+data directory and runs the server, and it adds group/other traverse permissions to the parent
+directories of `data_dir` so that user can reach them.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+
+from analytics.settings import Settings
+
+
+def _pgdata(data_dir: Path) -> Path:
+    return Path(data_dir).expanduser().resolve() / "pg"
+
+
+def _pgserver() -> ModuleType:
+    """pgserver, imported on first use: deployments with `DATABASE_URL` never load it."""
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset; its /tmp fallback is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver
+    return pgserver
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) the PostgreSQL server under `data_dir/pg`; return its asyncpg DSN.
+
+    The DSN connects as the superuser `postgres` to the database `postgres` over a unix socket
+    (`postgresql://postgres:@/postgres?host=<socket dir>`). pgserver puts the socket in the
+    data directory, or in a short per-user runtime directory when that path would exceed the
+    unix-socket length limit, so `data_dir` may be long. A first start (initdb) takes about
+    half a second; reusing a running server takes milliseconds. Blocking.
+    """
+    pgdata = _pgdata(data_dir)
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    return _pgserver().get_server(pgdata, cleanup_mode=None).get_uri()
+
+
+def stop_embedded(data_dir: Path) -> bool:
+    """Stop the server under `data_dir/pg` (fast shutdown); False if it was not running.
+
+    Blocking. It stops the server for every process using it. pgserver caches server handles
+    per process, so this process must not call `start_embedded` on the same `data_dir` again.
+    """
+    pgdata = _pgdata(data_dir)
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    # pg_ctl refuses to run as root: run it as the data directory's owner then.
+    user = pwd.getpwuid(pgdata.stat().st_uid).pw_name if os.geteuid() == 0 else None
+    _pgserver().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+    return True
+
+
+def resolve_database(settings: Settings) -> Settings:
+    """`settings` with `database_url` set: unchanged if set, else the embedded server's DSN.
+
+    Starts the embedded server under `settings.data_dir` when needed, so it blocks like
+    `start_embedded`.
+    """
+    if settings.database_url:
+        return settings
+    return replace(settings, database_url=start_embedded(settings.data_dir))

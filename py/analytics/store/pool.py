@@ -1,0 +1,42 @@
+"""asyncpg connections configured from Settings.
+
+Both functions apply `connect_timeout_s` to connecting, `command_timeout_s` as the default
+deadline of every statement, and `statement_cache_size` (set it to 0 behind PgBouncer in
+transaction mode). `acquire_timeout_s` is for callers: `pool.acquire(timeout=...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from analytics.settings import Settings
+
+
+def _connect_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "timeout": settings.connect_timeout_s,
+        "command_timeout": settings.command_timeout_s,
+        "statement_cache_size": settings.statement_cache_size,
+        "server_settings": {"application_name": "analytics"},
+    }
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    """A pool on `settings.database_url` (which must be set: see `embedded.resolve_database`),
+    sized `pool_min_size`..`pool_max_size`; the caller closes it."""
+    if not settings.database_url:
+        raise ValueError("settings.database_url is empty")
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        **_connect_kwargs(settings),
+    )
+
+
+async def connect(dsn: str, settings: Settings) -> asyncpg.Connection:
+    """One direct connection to `dsn` (e.g. `settings.listen_url` for LISTEN); the caller
+    closes it."""
+    return await asyncpg.connect(dsn, **_connect_kwargs(settings))
