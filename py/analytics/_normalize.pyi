@@ -93,3 +93,6 @@ def verify_signature(
 
 def sign(secret: bytes, body: bytes, t: int) -> str:
     """A valid `X-Signature` value for `body` signed at unix time `t`."""
+
+def normalize_event_name(name: str) -> str:
+    """A name as ingestion stores it (trimmed, collapsed, lowercased); ValueError if invalid."""

@@ -17,6 +17,7 @@ from analytics._normalize import (
     NormalizeError,
     SignatureError,
     normalize_batch,
+    normalize_event_name,
     sign,
     verify_signature,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "NormalizedBatch",
     "SignatureError",
     "normalize_batch",
+    "normalize_event_name",
     "sign",
     "verify_signature",
 ]

@@ -230,6 +230,15 @@ fn verify_signature(
         .map_err(|e| coded::<SignatureError>(py, e.code(), e.message()))
 }
 
+/// An event name as ingestion stores it (trimmed, whitespace collapsed, lowercased), so
+/// queries match what was written; raises ValueError for a name ingestion would reject.
+#[pyfunction]
+fn normalize_event_name(name: &str) -> PyResult<String> {
+    let j = crate::json::J::Str(name.into());
+    crate::event::normalize_name(Some(&j), &CoreLimits::default())
+        .map_err(|(_, message)| PyValueError::new_err(message))
+}
+
 /// A valid `X-Signature` header value for `body` signed at unix time `t`.
 #[pyfunction]
 fn sign(py: Python<'_>, secret: PyBackedBytes, body: PyBackedBytes, t: i64) -> String {
@@ -246,6 +255,7 @@ fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize_batch, m)?)?;
     m.add_function(wrap_pyfunction!(verify_signature, m)?)?;
     m.add_function(wrap_pyfunction!(sign, m)?)?;
+    m.add_function(wrap_pyfunction!(normalize_event_name, m)?)?;
     m.add("TS_CLAMPED", crate::event::TS_CLAMPED)?;
     m.add("TS_SKEW_CORRECTED", crate::event::TS_SKEW_CORRECTED)?;
     m.add("TS_DEFAULTED", crate::event::TS_DEFAULTED)?;

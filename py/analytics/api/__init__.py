@@ -1,0 +1,1 @@
+"""HTTP handlers: ingest, query and operations endpoints."""

@@ -1,0 +1,149 @@
+"""`GET /v1/metrics`: a time series of count, sum or unique users for one event name.
+
+Every bucket of the range is present (zero when empty), per group when grouped. Ranges and
+bucket counts are capped so a query is refused with a 400, never turned into a slow scan.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from analytics.api.auth import authenticate
+from analytics.api.errors import ApiError, json_response
+from analytics.normalize import normalize_event_name
+from analytics.store.metrics import AGGS, INTERVALS, MetricsQuery, fetch_series
+
+STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+MAX_GROUPS = 100
+
+
+def _instant(raw: str, what: str) -> datetime:
+    """RFC 3339 (an offset is required) or integer epoch milliseconds."""
+    try:
+        if raw.lstrip("-").isdigit():
+            return datetime.fromtimestamp(int(raw) / 1000, UTC)
+        parsed = datetime.fromisoformat(raw)
+    except (ValueError, OverflowError, OSError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ApiError(400, "invalid_time", f"{what} must be RFC 3339 with an offset, or epoch ms")
+    return parsed.astimezone(UTC)
+
+
+def _floor(t: datetime, interval: str) -> datetime:
+    if interval == "minute":
+        return t.replace(second=0, microsecond=0)
+    if interval == "hour":
+        return t.replace(minute=0, second=0, microsecond=0)
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_query(request: Request, customer_id: int) -> MetricsQuery:
+    settings = request.app.state.runtime.settings
+    params = request.query_params
+    for name in params:
+        if name not in ("event", "from", "to", "interval", "group_by", "filter", "agg", "limit"):
+            raise ApiError(400, "unknown_parameter", f"unknown query parameter {name!r}")
+    raw_event = params.get("event")
+    if not raw_event:
+        raise ApiError(400, "missing_event", "the event parameter is required")
+    try:
+        name = normalize_event_name(raw_event)
+    except ValueError as e:
+        raise ApiError(400, "invalid_event", str(e)) from None
+    interval = params.get("interval", "hour")
+    if interval not in INTERVALS:
+        raise ApiError(400, "invalid_interval", f"interval must be one of {', '.join(INTERVALS)}")
+    agg = params.get("agg", "count")
+    if agg not in AGGS:
+        raise ApiError(400, "invalid_agg", f"agg must be one of {', '.join(AGGS)}")
+
+    end = _instant(params["to"], "to") if "to" in params else datetime.now(UTC)
+    start = _instant(params["from"], "from") if "from" in params else end - timedelta(days=1)
+    if start >= end:
+        raise ApiError(400, "invalid_range", "from must be before to")
+    if end - start > timedelta(days=settings.max_range_days):
+        raise ApiError(
+            400, "range_too_large", f"the range may span at most {settings.max_range_days} days"
+        )
+    start = _floor(start, interval)
+    buckets = -(-(end - start) // STEP[interval])
+    if buckets > settings.max_buckets:
+        raise ApiError(
+            400,
+            "too_many_buckets",
+            f"{buckets} {interval} buckets requested, at most {settings.max_buckets}",
+        )
+
+    def dimension(dim: str) -> str:
+        if dim not in settings.dimensions:
+            known = ", ".join(settings.dimensions)
+            raise ApiError(400, "unknown_dimension", f"unknown dimension {dim!r}; use {known}")
+        return dim
+
+    group_by = params.get("group_by")
+    filters = []
+    for raw in params.getlist("filter"):
+        dim, sep, value = raw.partition(":")
+        if not sep:
+            raise ApiError(400, "invalid_filter", "filter must be DIM:VALUE")
+        filters.append((dimension(dim), value))
+    return MetricsQuery(
+        customer_id=customer_id,
+        name=name,
+        interval=interval,
+        start=start,
+        end=start + buckets * STEP[interval],
+        agg=agg,
+        group_by=dimension(group_by) if group_by else None,
+        filters=tuple(filters),
+    )
+
+
+async def metrics(request: Request) -> Response:
+    rt = request.app.state.runtime
+    key = await authenticate(request, rt.keys, "read")
+    q = parse_query(request, key.customer_id)
+    limit_raw = request.query_params.get("limit", "20")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_GROUPS:
+        raise ApiError(400, "invalid_limit", f"limit must be 1-{MAX_GROUPS}")
+    rows = await fetch_series(rt.pool, q, rt.settings.command_timeout_s)
+
+    step = STEP[q.interval]
+    times = [q.start + i * step for i in range((q.end - q.start) // step)]
+    index = {t: i for i, t in enumerate(times)}
+    zero: float = 0.0 if q.agg == "sum" else 0
+    by_group: dict[str | None, list[float]] = {}
+    for bucket, group, value in rows:
+        points = by_group.setdefault(group, [zero] * len(times))
+        points[index[bucket]] = float(value) if q.agg == "sum" else int(value)
+    if q.group_by is None:
+        by_group.setdefault(None, [zero] * len(times))
+    ranked = sorted(by_group.items(), key=lambda kv: (-sum(kv[1]), kv[0] or ""))
+    return json_response(
+        {
+            "event": q.name,
+            "interval": q.interval,
+            "agg": q.agg,
+            "from": _iso(q.start),
+            "to": _iso(q.end),
+            "group_by": q.group_by,
+            "filters": [{"dimension": d, "value": v} for d, v in q.filters],
+            "series": [
+                {
+                    "group": group,
+                    "points": [
+                        {"t": _iso(t), "value": v} for t, v in zip(times, points, strict=True)
+                    ],
+                }
+                for group, points in ranked[: int(limit_raw)]
+            ],
+        }
+    )

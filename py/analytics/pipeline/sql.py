@@ -1,0 +1,105 @@
+"""SQL of the group-commit writer, built once from the configured dimensions.
+
+Loop-agnostic: text only, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+from analytics.normalize import COPY_COLUMNS
+
+#: Binary COPY file framing around the Rust tuples (which carry neither).
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_TRAILER = struct.pack("!h", -1)
+
+#: Longest dimension value kept in rollups (btree keys must stay well under the page limit).
+MAX_DIM_VALUE_CHARS = 256
+
+_DIM_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS staging (
+    customer_id text, dedup_key text, event_id text, name text, ts timestamptz,
+    received_at timestamptz, user_id text, value double precision, properties jsonb,
+    flags smallint, ord bigint GENERATED ALWAYS AS IDENTITY
+) ON COMMIT DELETE ROWS
+"""
+
+
+def check_dimension(dim: str) -> str:
+    if not _DIM_NAME.match(dim):
+        raise ValueError(f"invalid dimension name {dim!r}")
+    return dim
+
+
+def dimension_expr(dim: str, props: str = "properties") -> str:
+    """SQL for a dimension's value of one event row.
+
+    `referrer_host` is derived from the `referrer` URL; any other dimension is the flattened
+    property of that name.
+    """
+    check_dimension(dim)
+    if dim == "referrer_host":
+        value = (
+            f"lower(substring({props}->>'referrer' "
+            r"from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^:/?#]+)'))"
+        )
+    else:
+        value = f"({props}->>'{dim}')"
+    return f"left({value}, {MAX_DIM_VALUE_CHARS})"
+
+
+def commit_sql(dimensions: tuple[str, ...]) -> str:
+    """One statement: dedup, insert the new events, add rollup deltas, count per request.
+
+    Parameters: $1 now (timestamptz), $2 request row offsets (bigint[], ascending, starting
+    at 0). Rows of one staging load come from requests in order; a key seen twice in the
+    load is kept for its first row only. Rollups are upserted in key order so concurrent
+    writers (one per worker process) lock rows in the same order and cannot deadlock.
+    Returns (req, inserted) for each request that inserted at least one row.
+    """
+    dims = ",\n            ".join(
+        ["('', '')", *(f"('{d}', {dimension_expr(d, 'w.properties')})" for d in dimensions)]
+    )
+    return f"""
+WITH s AS (
+    SELECT customer_id::bigint AS customer_id, dedup_key, event_id, name, ts, received_at,
+           user_id, value, properties, flags, ord - min(ord) OVER () AS rel
+    FROM staging
+), fresh AS (
+    INSERT INTO dedup (customer_id, dedup_key, first_seen)
+    SELECT DISTINCT customer_id, dedup_key, $1::timestamptz FROM s
+    ORDER BY customer_id, dedup_key
+    ON CONFLICT DO NOTHING
+    RETURNING customer_id, dedup_key
+), winners AS MATERIALIZED (
+    SELECT DISTINCT ON (s.customer_id, s.dedup_key) s.*
+    FROM s JOIN fresh USING (customer_id, dedup_key)
+    ORDER BY s.customer_id, s.dedup_key, s.rel
+), ins AS (
+    INSERT INTO events (customer_id, ts, name, dedup_key, event_id, received_at, user_id,
+                        value, properties, flags)
+    SELECT customer_id, ts, name, dedup_key, event_id, received_at, user_id, value,
+           properties, flags
+    FROM winners
+), roll AS (
+    INSERT INTO rollup_minute AS r (customer_id, name, dim, dim_value, bucket, count, sum_value)
+    SELECT w.customer_id, w.name, d.dim, d.val, date_trunc('minute', w.ts, 'UTC'), count(*),
+           coalesce(sum(w.value), 0)
+    FROM winners w CROSS JOIN LATERAL (VALUES
+            {dims}
+        ) AS d(dim, val)
+    WHERE d.val IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (customer_id, name, dim, dim_value, bucket) DO UPDATE
+        SET count = r.count + excluded.count, sum_value = r.sum_value + excluded.sum_value
+)
+SELECT width_bucket(rel, $2::bigint[]) - 1 AS req, count(*) AS inserted
+FROM winners GROUP BY 1
+"""
+
+
+__all__ = ["COPY_COLUMNS", "COPY_HEADER", "COPY_TRAILER", "CREATE_STAGING", "commit_sql"]

@@ -1,0 +1,221 @@
+"""The group-commit writer: many requests, one transaction.
+
+Requests hand their Rust-encoded COPY payloads to `submit`, which puts them on a bounded
+inbox and waits. One writer task takes everything waiting (up to a row cap, lingering up to
+a short window for more), COPYs it into a temp staging table, runs one statement that dedups,
+inserts and rolls up, commits, and only then wakes each waiter with its own counts. A request
+is acknowledged only after its rows are committed; a failed commit fails every waiter of that
+transaction, and nothing of it was stored.
+
+Guarantees:
+- the inbox is bounded: when full, `submit` raises `Overloaded` at once (the API answers 503);
+- `close()` stops intake; `run` then commits everything already accepted and returns;
+- every database wait has a deadline (`commit_timeout_s`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+
+from analytics.pipeline.sql import (
+    COPY_COLUMNS,
+    COPY_HEADER,
+    COPY_TRAILER,
+    CREATE_STAGING,
+    commit_sql,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The writer's inbox is full; retry after a short pause."""
+
+
+class WriteFailed(Exception):
+    """The transaction holding these rows did not commit; nothing of it was stored."""
+
+
+@dataclass
+class Ticket:
+    payload: bytes
+    rows: int
+    done: anyio.Event = field(default_factory=anyio.Event)
+    inserted: int = 0
+    error: BaseException | None = None
+
+
+@dataclass
+class CommitStats:
+    commits: int = 0
+    rows: int = 0
+    last_batch_rows: int = 0
+    last_commit_s: float = 0.0
+
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+
+class GroupCommitWriter:
+    def __init__(
+        self,
+        connect: Connect,
+        dimensions: tuple[str, ...],
+        *,
+        inbox: int = 256,
+        max_batch_rows: int = 20_000,
+        window_s: float = 0.0,
+        commit_timeout_s: float = 5.0,
+        on_commit: Callable[[list[Ticket]], None] | None = None,
+    ) -> None:
+        self._connect = connect
+        self._sql = commit_sql(dimensions)
+        self._send, self._receive = anyio.create_memory_object_stream[Ticket](inbox)
+        self._max_rows = max_batch_rows
+        self._window_s = window_s
+        self._timeout_s = commit_timeout_s
+        self._on_commit = on_commit
+        self._conn: asyncpg.Connection | None = None
+        self.stats = CommitStats()
+
+    @property
+    def depth(self) -> int:
+        """Tickets waiting in the inbox."""
+        return self._send.statistics().current_buffer_used
+
+    async def submit(self, payload: bytes, rows: int) -> tuple[int, int]:
+        """Queue `rows` COPY tuples and wait for their commit; returns (inserted, duplicates).
+
+        Raises `Overloaded` when the inbox is full and `WriteFailed` when the commit failed.
+        If the caller is cancelled while waiting, the rows may still commit (and a retry is
+        then counted as a duplicate).
+        """
+        ticket = Ticket(payload, rows)
+        try:
+            self._send.send_nowait(ticket)
+        except anyio.WouldBlock:
+            raise Overloaded from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise Overloaded from None
+        await ticket.done.wait()
+        if ticket.error is not None:
+            raise WriteFailed(str(ticket.error)) from ticket.error
+        return ticket.inserted, rows - ticket.inserted
+
+    def close(self) -> None:
+        """Stop intake; `run` commits what was already accepted, then returns."""
+        self._send.close()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The writer task: take a batch, commit it, wake its waiters; until closed and empty."""
+        async with self._receive:
+            task_status.started()
+            try:
+                while batch := await self._next_batch():
+                    await self._commit(batch)
+            finally:
+                if self._conn is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        await self._conn.close()
+
+    async def _next_batch(self) -> list[Ticket]:
+        """The next batch: wait for one ticket, then take whatever arrives within the window,
+        up to the row cap. Empty when the inbox is closed and drained."""
+        first = await self._take(math.inf)
+        if first is None:
+            return []
+        batch, rows = [first], first.rows
+        deadline = anyio.current_time() + self._window_s
+        while rows < self._max_rows:
+            ticket = await self._take(deadline - anyio.current_time())
+            if ticket is None:
+                break
+            batch.append(ticket)
+            rows += ticket.rows
+        return batch
+
+    async def _take(self, within_s: float) -> Ticket | None:
+        """A ticket already waiting, or one arriving within `within_s`; None otherwise."""
+        try:
+            return self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            return None
+        if within_s <= 0:
+            return None
+        with anyio.move_on_after(within_s):
+            try:
+                return await self._receive.receive()
+            except anyio.EndOfStream:
+                return None
+        return None
+
+    async def _commit(self, batch: list[Ticket]) -> None:
+        offsets, total = [], 0
+        for ticket in batch:
+            offsets.append(total)
+            total += ticket.rows
+        started = time.perf_counter()
+        try:
+            # Shielded: once rows are in flight, the commit finishes (or fails) before anything
+            # else happens, so a waiter is never left without a verdict.
+            with anyio.CancelScope(shield=True), anyio.fail_after(self._timeout_s):
+                counts = await self._write(batch, offsets)
+        except BaseException as e:  # every waiter must learn the outcome
+            log.error("group commit of %d rows failed: %r", total, e)
+            await self._drop_connection()
+            for ticket in batch:
+                ticket.error = e
+                ticket.done.set()
+            if not isinstance(e, Exception):
+                raise
+            return
+        elapsed = time.perf_counter() - started
+        self.stats.commits += 1
+        self.stats.rows += total
+        self.stats.last_batch_rows = total
+        self.stats.last_commit_s = elapsed
+        for req, inserted in counts:
+            batch[req].inserted = inserted
+        if self._on_commit is not None:
+            self._on_commit(batch)
+        for ticket in batch:
+            ticket.done.set()
+
+    async def _write(self, batch: list[Ticket], offsets: list[int]) -> list[tuple[int, int]]:
+        conn = await self._connection()
+        data = b"".join([COPY_HEADER, *(t.payload for t in batch), COPY_TRAILER])
+        now = datetime.now(UTC)
+        async with conn.transaction():
+            await conn.copy_to_table(
+                "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
+            )
+            rows = await conn.fetch(self._sql, now, offsets)
+        return [(r["req"], r["inserted"]) for r in rows]
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+            await self._conn.execute(CREATE_STAGING)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+
+def retry_after_s(depth: int, capacity: int) -> int:
+    """A Retry-After hint: longer the fuller the inbox (1 to 5 seconds)."""
+    return max(1, min(5, math.ceil(5 * depth / max(capacity, 1))))

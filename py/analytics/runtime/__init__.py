@@ -1,0 +1,1 @@
+"""Loop-level machinery: named offload limiters, lifespan, the loop watchdog."""

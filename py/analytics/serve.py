@@ -1,0 +1,70 @@
+"""`analytics serve`: database ready, migrations applied, then Hypercorn.
+
+Runs before any event loop exists, so the blocking steps (starting the embedded PostgreSQL)
+are plain sync calls here. Workers are separate processes that read the same environment.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import anyio
+import asyncpg
+from hypercorn.config import Config
+from hypercorn.run import run
+
+from analytics.settings import Settings
+from analytics.store.embedded import resolve_database
+from analytics.store.keys import create_customer, create_key
+from analytics.store.migrations import migrate
+
+
+async def _prepare(dsn: str) -> list[str]:
+    """Apply migrations; on the very first start create a demo customer and its keys."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        if await conn.fetchval("SELECT count(*) FROM customers"):
+            return []
+        now = datetime.now(UTC)
+        customer = await create_customer(conn, "demo", now)
+        write = await create_key(conn, customer, {"write"}, False, now)
+        read = await create_key(conn, customer, {"read"}, False, now)
+        return [
+            "Created the demo customer (shown once, keep them):",
+            f"  write key: {write.key}",
+            f"  read key:  {read.key}",
+        ]
+    finally:
+        await conn.close()
+
+
+def hypercorn_config(settings: Settings, worker_class: str) -> Config:
+    config = Config()
+    config.application_path = "analytics.app:app_from_env()"
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.workers = settings.workers
+    config.worker_class = worker_class
+    # Hardening: Hypercorn has no read timeout by default, so a slow client could hold a
+    # connection forever; bound it, and keep-alive and header sizes too.
+    config.read_timeout = 30
+    config.keep_alive_timeout = 5
+    config.h11_max_incomplete_size = 16 * 1024
+    config.graceful_timeout = 10
+    config.accesslog = None
+    config.errorlog = "-"
+    return config
+
+
+def serve(settings: Settings, worker_class: str = "uvloop") -> int:
+    settings = resolve_database(settings)
+    for line in anyio.run(_prepare, settings.database_url):
+        print(line, flush=True)
+    # Workers (separate processes) build their app from the environment.
+    os.environ["DATABASE_URL"] = settings.database_url
+    for name in ("host", "port", "workers"):
+        os.environ[f"ANALYTICS_{name.upper()}"] = str(getattr(settings, name))
+    print(f"analytics serving on http://{settings.host}:{settings.port}", flush=True)
+    run(hypercorn_config(settings, worker_class))
+    return 0

@@ -1,0 +1,224 @@
+"""The HTTP API end to end: real PostgreSQL, the real app with its lifespan and writer."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import asyncpg
+import pytest
+from starlette.testclient import TestClient
+
+from analytics.app import create_app
+from analytics.normalize import sign
+from analytics.settings import Settings
+from analytics.store.keys import create_customer, create_key
+
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_key(dsn: str, customer: str, scopes: set[str], signing: bool = False):
+    async def go():
+        conn = await asyncpg.connect(dsn)
+        try:
+            cid = await create_customer(conn, customer, datetime.now(UTC))
+            return await create_key(conn, cid, scopes, signing, datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    return anyio.run(go)
+
+
+def raw_count(dsn: str, sql: str, *args) -> int:
+    async def go():
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    return anyio.run(go)
+
+
+@pytest.fixture
+def env(fresh_dsn) -> Iterator[dict]:
+    settings = Settings(database_url=fresh_dsn, max_event_body_bytes=64 * 1024)
+    with TestClient(create_app(settings)) as client:
+        a_write = make_key(fresh_dsn, "acme", {"write"})
+        a_read = make_key(fresh_dsn, "acme", {"read"})
+        b_both = make_key(fresh_dsn, "globex", {"read", "write"})
+        signed = make_key(fresh_dsn, "signed-co", {"read", "write"}, signing=True)
+        yield {
+            "client": client,
+            "dsn": fresh_dsn,
+            "a_write": {"Authorization": f"Bearer {a_write.key}"},
+            "a_read": {"Authorization": f"Bearer {a_read.key}"},
+            "b": {"Authorization": f"Bearer {b_both.key}"},
+            "signed": signed,
+        }
+
+
+def post(env, path, body, headers=None, content_type="application/json", auth="a_write"):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    h = {**env[auth], "Content-Type": content_type, **(headers or {})}
+    return env["client"].post(path, content=data, headers=h)
+
+
+def metrics(env, auth="a_read", **params):
+    params.setdefault("from", iso(NOW - timedelta(hours=2)))
+    params.setdefault("to", iso(NOW + timedelta(minutes=5)))
+    return env["client"].get("/v1/metrics", params=params, headers=env[auth])
+
+
+def events(n, name="signup", **extra):
+    ts_ms = int((NOW - timedelta(minutes=30)).timestamp() * 1000)
+    return [{"name": name, "event_id": f"{name}-{i}", "ts": ts_ms + i, **extra} for i in range(n)]
+
+
+def test_single_event_round_trip(env):
+    r = post(env, "/v1/events", {"name": "Page View", "properties": {"path": "/home"}})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    m = metrics(env, event="page view", interval="hour")
+    assert m.status_code == 200, m.text
+    body = m.json()
+    assert sum(p["value"] for p in body["series"][0]["points"]) == 1
+    assert len(body["series"][0]["points"]) == 3  # every bucket, empty ones included
+
+
+def test_batch_is_counted_once_and_retry_reports_duplicates(env):
+    batch = {"events": events(50), "sent_at": int(time.time() * 1000)}
+    first = post(env, "/v1/batch", batch)
+    assert first.json() == {"accepted": 50, "duplicates": 0, "rejected": []}
+    second = post(env, "/v1/batch", batch)
+    assert second.json() == {"accepted": 0, "duplicates": 50, "rejected": []}
+    assert raw_count(env["dsn"], "SELECT count(*) FROM events WHERE name = 'signup'") == 50
+    total = metrics(env, event="signup", interval="minute").json()
+    assert sum(p["value"] for p in total["series"][0]["points"]) == 50
+
+
+def test_ndjson_and_gzip(env):
+    lines = b"\n".join(json.dumps(e).encode() for e in events(3, name="nd"))
+    r = post(env, "/v1/batch", lines + b"\n{oops\n", content_type="application/x-ndjson")
+    assert r.json()["accepted"] == 3
+    assert [(x["index"], x["code"], x["retryable"]) for x in r.json()["rejected"]] == [
+        (3, "invalid_json", False)
+    ]
+    gz = gzip.compress(json.dumps({"events": events(4, name="gz")}).encode())
+    r = post(env, "/v1/batch", gz, headers={"Content-Encoding": "gzip"})
+    assert r.json()["accepted"] == 4
+
+
+def test_metrics_match_raw_events(env):
+    paths = ["/a", "/b", "/a", "/c", "/a", "/b"]
+    evs = [
+        {**e, "value": i, "user_id": f"u{i % 3}", "properties": {"path": p, "country": "DE"}}
+        for i, (e, p) in enumerate(zip(events(6, name="buy"), paths, strict=True))
+    ]
+    assert post(env, "/v1/batch", {"events": evs}).json()["accepted"] == 6
+    grouped = metrics(env, event="buy", interval="hour", group_by="path").json()
+    totals = {s["group"]: sum(p["value"] for p in s["points"]) for s in grouped["series"]}
+    assert totals == {"/a": 3, "/b": 2, "/c": 1}
+    assert [s["group"] for s in grouped["series"]] == ["/a", "/b", "/c"]
+    summed = metrics(env, event="buy", agg="sum", filter="path:/a").json()
+    assert sum(p["value"] for p in summed["series"][0]["points"]) == 0 + 2 + 4
+    users = metrics(env, event="buy", agg="unique_users", filter=["path:/a", "country:DE"]).json()
+    assert sum(p["value"] for p in users["series"][0]["points"]) == 3  # u0, u2, u1
+    sql = "SELECT count(*) FROM events WHERE name = 'buy' AND properties->>'path' = '/a'"
+    by_raw = raw_count(env["dsn"], sql)
+    by_rollup = metrics(env, event="buy", filter="path:/a").json()
+    assert sum(p["value"] for p in by_rollup["series"][0]["points"]) == by_raw == 3
+
+
+def test_customers_are_isolated(env):
+    post(env, "/v1/events", {"name": "secret"})
+    post(env, "/v1/events", {"name": "secret"}, auth="b")
+    post(env, "/v1/events", {"name": "secret"}, auth="b")
+    mine = metrics(env, event="secret").json()
+    theirs = metrics(env, auth="b", event="secret").json()
+    assert sum(p["value"] for p in mine["series"][0]["points"]) == 1
+    assert sum(p["value"] for p in theirs["series"][0]["points"]) == 2
+
+
+def test_signed_keys(env):
+    key = env["signed"]
+    body = json.dumps({"name": "signed"}).encode()
+    auth = {"Authorization": f"Bearer {key.key}", "Content-Type": "application/json"}
+    client = env["client"]
+    assert client.post("/v1/events", content=body, headers=auth).json()["code"] == (
+        "missing_signature"
+    )
+    secret = bytes.fromhex(key.signing_secret)
+    good = sign(secret, body, int(time.time()))
+    r = client.post("/v1/events", content=body, headers={**auth, "X-Signature": good})
+    assert r.status_code == 200
+    stale = sign(secret, body, int(time.time()) - 3600)
+    r = client.post("/v1/events", content=body, headers={**auth, "X-Signature": stale})
+    assert (r.status_code, r.json()["code"]) == (401, "stale_signature")
+    r = client.post("/v1/events", content=body + b" ", headers={**auth, "X-Signature": good})
+    assert (r.status_code, r.json()["code"]) == (401, "bad_signature")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "code"),
+    [
+        ("/v1/events", b"{", {}, 400, "invalid_json"),
+        ("/v1/events", b"[1]", {}, 400, "invalid_shape"),
+        ("/v1/events", b"", {}, 400, "empty_body"),
+        ("/v1/events", b"x" * (64 * 1024 + 1), {}, 413, "body_too_large"),
+        ("/v1/events", b"{}", {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ("/v1/events", b"{}", {"Content-Encoding": "br"}, 415, "unsupported_encoding"),
+        ("/v1/events", b"{}", {"Authorization": ""}, 401, "missing_key"),
+        ("/v1/events", b"{}", {"Authorization": "Bearer ak_1_x_y"}, 401, "invalid_key"),
+        ("/v1/batch", gzip.compress(b" " * (6 << 20)), {"Content-Encoding": "gzip"}, 413, None),
+        ("/v1/batch", json.dumps({"events": [{"name": "x"}] * 5001}).encode(), {}, 413, None),
+    ],
+)
+def test_error_codes(env, path, body, headers, status, code):
+    r = post(env, path, body, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["code"] == (code or r.json()["code"])
+
+
+def test_scopes(env):
+    r = env["client"].get("/v1/metrics", params={"event": "x"}, headers=env["a_write"])
+    assert (r.status_code, r.json()["code"]) == (403, "wrong_scope")
+    r = post(env, "/v1/events", {"name": "x"}, auth="a_read")
+    assert (r.status_code, r.json()["code"]) == (403, "wrong_scope")
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"event": "x", "interval": "minute", "from": "2023-01-01T00:00:00Z"}, "range_too_large"),
+        (
+            {"event": "x", "interval": "minute", "from": iso(NOW - timedelta(days=3))},
+            "too_many_buckets",
+        ),
+        ({"event": "x", "group_by": "email"}, "unknown_dimension"),
+        ({"event": "x", "filter": "path"}, "invalid_filter"),
+        ({"event": "x", "interval": "week"}, "invalid_interval"),
+        ({"event": "x", "agg": "avg"}, "invalid_agg"),
+        ({"event": "x", "from": "yesterday"}, "invalid_time"),
+        ({"interval": "hour"}, "missing_event"),
+        ({"event": "x", "bogus": "1"}, "unknown_parameter"),
+    ],
+)
+def test_query_errors(env, params, code):
+    r = metrics(env, **params)
+    assert (r.status_code, r.json()["code"]) == (400, code), r.text
+
+
+def test_health_and_readiness(env):
+    assert env["client"].get("/healthz").json() == {"status": "ok"}
+    assert env["client"].get("/readyz").json() == {"status": "ready"}
+    assert env["client"].get("/nope").json()["code"] == "not_found"
