@@ -41,3 +41,7 @@ lint: build
     "{{py}}" -m ruff format --check py tests benches
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
+# Run the service (embedded PostgreSQL unless DATABASE_URL is set) on 127.0.0.1:8000.
+serve *ARGS: build
+    "$VIRTUAL_ENV/bin/analytics" serve {{ARGS}}

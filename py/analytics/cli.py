@@ -128,7 +128,14 @@ def add_commands(subparsers: Subparsers) -> None:
 
 
 #: Every registrar of subcommands; `serve` and `billing-stub` join here.
-REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (add_commands,)
+def add_serve(subparsers: Subparsers) -> None:
+    """`analytics serve`, imported only when the parser is built (it pulls in Hypercorn)."""
+    from analytics.serve import add_serve_command
+
+    add_serve_command(subparsers)
+
+
+REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (add_commands, add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

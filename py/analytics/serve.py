@@ -68,3 +68,24 @@ def serve(settings: Settings, worker_class: str = "uvloop") -> int:
     print(f"analytics serving on http://{settings.host}:{settings.port}", flush=True)
     run(hypercorn_config(settings, worker_class))
     return 0
+
+
+def add_serve_command(subparsers) -> None:
+    """Registrar of `analytics serve`."""
+    p = subparsers.add_parser("serve", help="run the API under Hypercorn")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (default 1)")
+    p.add_argument(
+        "--worker-class",
+        default="uvloop",
+        choices=["asyncio", "uvloop", "trio"],
+        help="Hypercorn worker class (default uvloop)",
+    )
+
+    def handler(args) -> int:
+        overrides = {k: getattr(args, k) for k in ("host", "port", "workers")}
+        settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+        return serve(settings, args.worker_class)
+
+    p.set_defaults(handler=handler)
