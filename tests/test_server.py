@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-
 SERVE = [sys.executable, "-m", "analytics.cli", "serve"]
 
 
