@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-import httpx
+import httpx2 as httpx
 import pytest
 
 SERVE = [sys.executable, "-m", "analytics.cli", "serve"]
