@@ -64,6 +64,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             max_batch_rows=settings.writer_max_batch_rows,
             window_s=settings.writer_window_s,
             commit_timeout_s=settings.commit_timeout_s,
+            connections=settings.writer_connections,
         )
         app.state.runtime = Runtime(
             settings=settings,

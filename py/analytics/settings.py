@@ -49,6 +49,8 @@ class Settings:
     writer_inbox: int = 256
     writer_max_batch_rows: int = 20_000
     writer_window_s: float = 0.002
+    #: Concurrent commit lanes, each on its own connection (one PostgreSQL backend each).
+    writer_connections: int = 2
     commit_timeout_s: float = 5.0
     request_timeout_s: float = 2.0
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import anyio
 import asyncpg
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from analytics.pipeline.sql import (
     COPY_COLUMNS,
@@ -76,6 +77,7 @@ class GroupCommitWriter:
         max_batch_rows: int = 20_000,
         window_s: float = 0.0,
         commit_timeout_s: float = 5.0,
+        connections: int = 2,
         on_commit: Callable[[list[Ticket]], None] | None = None,
     ) -> None:
         self._connect = connect
@@ -85,7 +87,7 @@ class GroupCommitWriter:
         self._window_s = window_s
         self._timeout_s = commit_timeout_s
         self._on_commit = on_commit
-        self._conn: asyncpg.Connection | None = None
+        self._lanes = max(1, connections)
         self.stats = CommitStats()
 
     @property
@@ -117,37 +119,47 @@ class GroupCommitWriter:
         self._send.close()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: take a batch, commit it, wake its waiters; until closed and empty."""
-        async with self._receive:
-            task_status.started()
-            try:
-                while batch := await self._next_batch():
-                    await self._commit(batch)
-            finally:
-                if self._conn is not None:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                        await self._conn.close()
+        """The writer: `connections` lanes, each taking a batch, committing it on its own
+        connection and waking its waiters, until the inbox is closed and empty.
 
-    async def _next_batch(self) -> list[Ticket]:
+        Lanes commit concurrently (PostgreSQL runs each in its own backend). They cannot
+        deadlock: every statement takes its row locks in key order.
+        """
+        async with self._receive, anyio.create_task_group() as tg:
+            for lane in range(self._lanes):
+                tg.start_soon(self._lane, self._receive.clone(), name=f"writer lane {lane}")
+            task_status.started()
+
+    async def _lane(self, inbox: MemoryObjectReceiveStream[Ticket]) -> None:
+        lane = _Lane(self._connect)
+        async with inbox:
+            try:
+                while batch := await self._next_batch(inbox):
+                    await self._commit(lane, batch)
+            finally:
+                await lane.close()
+
+    async def _next_batch(self, inbox: MemoryObjectReceiveStream[Ticket]) -> list[Ticket]:
         """The next batch: wait for one ticket, then take whatever arrives within the window,
         up to the row cap. Empty when the inbox is closed and drained."""
-        first = await self._take(math.inf)
+        first = await self._take(inbox, math.inf)
         if first is None:
             return []
         batch, rows = [first], first.rows
         deadline = anyio.current_time() + self._window_s
         while rows < self._max_rows:
-            ticket = await self._take(deadline - anyio.current_time())
+            ticket = await self._take(inbox, deadline - anyio.current_time())
             if ticket is None:
                 break
             batch.append(ticket)
             rows += ticket.rows
         return batch
 
-    async def _take(self, within_s: float) -> Ticket | None:
+    @staticmethod
+    async def _take(inbox: MemoryObjectReceiveStream[Ticket], within_s: float) -> Ticket | None:
         """A ticket already waiting, or one arriving within `within_s`; None otherwise."""
         try:
-            return self._receive.receive_nowait()
+            return inbox.receive_nowait()
         except anyio.WouldBlock:
             pass
         except anyio.EndOfStream:
@@ -156,12 +168,12 @@ class GroupCommitWriter:
             return None
         with anyio.move_on_after(within_s):
             try:
-                return await self._receive.receive()
+                return await inbox.receive()
             except anyio.EndOfStream:
                 return None
         return None
 
-    async def _commit(self, batch: list[Ticket]) -> None:
+    async def _commit(self, lane: _Lane, batch: list[Ticket]) -> None:
         offsets, total = [], 0
         for ticket in batch:
             offsets.append(total)
@@ -171,10 +183,10 @@ class GroupCommitWriter:
             # Shielded: once rows are in flight, the commit finishes (or fails) before anything
             # else happens, so a waiter is never left without a verdict.
             with anyio.CancelScope(shield=True), anyio.fail_after(self._timeout_s):
-                counts = await self._write(batch, offsets)
+                counts = await self._write(await lane.connection(), batch, offsets)
         except BaseException as e:  # every waiter must learn the outcome
             log.error("group commit of %d rows failed: %r", total, e)
-            await self._drop_connection()
+            lane.drop()
             for ticket in batch:
                 ticket.error = e
                 ticket.done.set()
@@ -193,8 +205,9 @@ class GroupCommitWriter:
         for ticket in batch:
             ticket.done.set()
 
-    async def _write(self, batch: list[Ticket], offsets: list[int]) -> list[tuple[int, int]]:
-        conn = await self._connection()
+    async def _write(
+        self, conn: asyncpg.Connection, batch: list[Ticket], offsets: list[int]
+    ) -> list[tuple[int, int]]:
         data = b"".join([COPY_HEADER, *(t.payload for t in batch), COPY_TRAILER])
         now = datetime.now(UTC)
         async with conn.transaction():
@@ -204,16 +217,29 @@ class GroupCommitWriter:
             rows = await conn.fetch(self._sql, now, offsets)
         return [(r["req"], r["inserted"]) for r in rows]
 
-    async def _connection(self) -> asyncpg.Connection:
+
+class _Lane:
+    """One writer lane's connection, opened on first use and replaced after a failure."""
+
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
+        self._conn: asyncpg.Connection | None = None
+
+    async def connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect()
             await self._conn.execute(CREATE_STAGING)
         return self._conn
 
-    async def _drop_connection(self) -> None:
+    def drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._conn.close()
 
 
 def retry_after_s(depth: int, capacity: int) -> int:
