@@ -222,3 +222,30 @@ def test_health_and_readiness(env):
     assert env["client"].get("/healthz").json() == {"status": "ok"}
     assert env["client"].get("/readyz").json() == {"status": "ready"}
     assert env["client"].get("/nope").json()["code"] == "not_found"
+
+
+def test_cached_closed_ranges_never_serve_stale_counts_across_workers(fresh_dsn):
+    """Two app instances on one database stand for two worker processes: B caches a closed
+    range, A acknowledges a late event inside it, and B's very next read counts it."""
+    write = make_key(fresh_dsn, "acme", {"write"})
+    read = make_key(fresh_dsn, "acme", {"read"})
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    params = {"event": "late", "interval": "hour", "from": iso(hour - timedelta(hours=3))}
+    params["to"] = iso(hour)  # only closed buckets
+    late = {"name": "late", "ts": int((hour - timedelta(hours=2)).timestamp() * 1000)}
+    headers = {"Authorization": f"Bearer {write.key}", "Content-Type": "application/json"}
+    settings = Settings(database_url=fresh_dsn)
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        cache = b.app.state.runtime.invalidator.cache
+
+        def total() -> int:
+            r = b.get("/v1/metrics", params=params, headers={"Authorization": f"Bearer {read.key}"})
+            return sum(p["value"] for p in r.json()["series"][0]["points"])
+
+        for expected in range(1, 4):
+            r = a.post("/v1/events", json=late | {"event_id": str(expected)}, headers=headers)
+            assert r.json()["accepted"] == 1
+            hits = cache.hits
+            assert total() == expected
+            assert total() == expected
+            assert cache.hits == hits + 1  # the second read came from the cache

@@ -23,6 +23,7 @@ from analytics.api.auth import KeyCache
 from analytics.api.errors import EXCEPTION_HANDLERS
 from analytics.normalize import Limits
 from analytics.pipeline.writer import GroupCommitWriter
+from analytics.runtime.invalidation import CHANNEL, Invalidator, QueryCache
 from analytics.runtime.offload import Offload
 from analytics.settings import Settings
 from analytics.store.keys import lookup_key
@@ -39,6 +40,7 @@ class Runtime:
     writer: GroupCommitWriter
     offload: Offload
     keys: KeyCache
+    invalidator: Invalidator
     event_limits: Limits
     batch_limits: Limits
 
@@ -72,20 +74,31 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             writer=writer,
             offload=Offload({"cpu": settings.cpu_threads}),
             keys=KeyCache(key_lookup),
+            invalidator=Invalidator(
+                functools.partial(connect, settings.listen_url, settings),
+                QueryCache(settings.cache_entries),
+                functools.partial(pool.execute, "SELECT pg_notify($1, $2)", CHANNEL),
+            ),
             event_limits=Limits(max_body_bytes=settings.max_event_body_bytes, max_events=1),
             batch_limits=Limits(
                 max_body_bytes=settings.max_batch_body_bytes,
                 max_events=settings.max_batch_events,
             ),
         )
+        runtime = app.state.runtime
         async with anyio.create_task_group() as tg:
+            await tg.start(runtime.invalidator.run, name="cache invalidation listener")
             await tg.start(writer.run, name="group-commit writer")
             try:
                 yield
             finally:
                 # Intake has stopped (the server drains requests before lifespan shutdown);
-                # the writer commits everything it accepted, then returns.
+                # the writer commits everything it accepted, then returns; the listener is
+                # cancelled once the writer is done.
                 writer.close()
+                with anyio.CancelScope(shield=True):
+                    await writer.closed.wait()
+                tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await pool.close()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.auth import authenticate
-from analytics.api.errors import ApiError, json_response
+from analytics.api.errors import ApiError
 from analytics.normalize import normalize_event_name
+from analytics.runtime.invalidation import entry
 from analytics.store.metrics import AGGS, INTERVALS, MetricsQuery, fetch_series
 
 STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -108,12 +110,29 @@ def parse_query(request: Request, customer_id: int) -> MetricsQuery:
 
 
 async def metrics(request: Request) -> Response:
+    """Closed ranges are served from the cache (after the invalidation barrier); ranges that
+    include the current bucket are always computed."""
     rt = request.app.state.runtime
     key = await authenticate(request, rt.keys, "read")
     q = parse_query(request, key.customer_id)
     limit_raw = request.query_params.get("limit", "20")
     if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_GROUPS:
         raise ApiError(400, "invalid_limit", f"limit must be 1-{MAX_GROUPS}")
+    limit = int(limit_raw)
+    closed = q.end <= _floor(datetime.now(UTC), q.interval)
+    if not (closed and await rt.invalidator.barrier()):
+        return Response(await _render(rt, q, limit), media_type="application/json")
+    cache = rt.invalidator.cache
+    cache_key = (q, limit)
+    body = cache.get(cache_key)
+    if body is None:
+        generation = cache.generation(q.customer_id, q.name)
+        body = await _render(rt, q, limit)
+        cache.put(cache_key, entry(q.customer_id, q.name, q.start, q.end, body), generation)
+    return Response(body, media_type="application/json")
+
+
+async def _render(rt, q: MetricsQuery, limit: int) -> bytes:
     rows = await fetch_series(rt.pool, q, rt.settings.command_timeout_s)
 
     step = STEP[q.interval]
@@ -127,7 +146,7 @@ async def metrics(request: Request) -> Response:
     if q.group_by is None:
         by_group.setdefault(None, [zero] * len(times))
     ranked = sorted(by_group.items(), key=lambda kv: (-sum(kv[1]), kv[0] or ""))
-    return json_response(
+    return orjson.dumps(
         {
             "event": q.name,
             "interval": q.interval,
@@ -143,7 +162,7 @@ async def metrics(request: Request) -> Response:
                         {"t": _iso(t), "value": v} for t, v in zip(times, points, strict=True)
                     ],
                 }
-                for group, points in ranked[: int(limit_raw)]
+                for group, points in ranked[:limit]
             ],
         }
     )

@@ -9,6 +9,7 @@ import re
 import struct
 
 from analytics.normalize import COPY_COLUMNS
+from analytics.runtime.invalidation import CHANNEL
 
 #: Binary COPY file framing around the Rust tuples (which carry neither).
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -30,6 +31,17 @@ CREATE TEMP TABLE IF NOT EXISTS staging (
     flags smallint, ord bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS;
 CREATE INDEX IF NOT EXISTS staging_key ON staging (customer_id, dedup_key, ord)
+"""
+
+
+#: Run in the writer's transaction after the commit statement: one notification per
+#: (customer, event name) loaded, with the event-time range it covers, delivered on commit.
+NOTIFY_SQL = f"""
+SELECT pg_notify('{CHANNEL}', json_build_array(
+           customer_id::bigint, name,
+           (extract(epoch FROM min(ts)) * 1e6)::bigint,
+           (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)
+FROM staging GROUP BY customer_id, name
 """
 
 
@@ -114,4 +126,11 @@ FROM winners GROUP BY 1
 """
 
 
-__all__ = ["COPY_COLUMNS", "COPY_HEADER", "COPY_TRAILER", "CREATE_STAGING", "commit_sql"]
+__all__ = [
+    "COPY_COLUMNS",
+    "COPY_HEADER",
+    "COPY_TRAILER",
+    "CREATE_STAGING",
+    "NOTIFY_SQL",
+    "commit_sql",
+]

@@ -33,6 +33,7 @@ from analytics.pipeline.sql import (
     COPY_HEADER,
     COPY_TRAILER,
     CREATE_STAGING,
+    NOTIFY_SQL,
     commit_sql,
 )
 
@@ -89,6 +90,8 @@ class GroupCommitWriter:
         self._on_commit = on_commit
         self._lanes = max(1, connections)
         self.stats = CommitStats()
+        #: Set when `run` has returned: everything accepted was committed (or failed).
+        self.closed = anyio.Event()
 
     @property
     def depth(self) -> int:
@@ -125,10 +128,13 @@ class GroupCommitWriter:
         Lanes commit concurrently (PostgreSQL runs each in its own backend). They cannot
         deadlock: every statement takes its row locks in key order.
         """
-        async with self._receive, anyio.create_task_group() as tg:
-            for lane in range(self._lanes):
-                tg.start_soon(self._lane, self._receive.clone(), name=f"writer lane {lane}")
-            task_status.started()
+        try:
+            async with self._receive, anyio.create_task_group() as tg:
+                for lane in range(self._lanes):
+                    tg.start_soon(self._lane, self._receive.clone(), name=f"writer lane {lane}")
+                task_status.started()
+        finally:
+            self.closed.set()
 
     async def _lane(self, inbox: MemoryObjectReceiveStream[Ticket]) -> None:
         lane = _Lane(self._connect)
@@ -215,6 +221,7 @@ class GroupCommitWriter:
                 "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
             )
             rows = await conn.fetch(self._sql, now, offsets)
+            await conn.execute(NOTIFY_SQL)
         return [(r["req"], r["inserted"]) for r in rows]
 
 
