@@ -34,17 +34,6 @@ CREATE INDEX IF NOT EXISTS staging_key ON staging (customer_id, dedup_key, ord)
 """
 
 
-#: Run in the writer's transaction after the commit statement: one notification per
-#: (customer, event name) loaded, with the event-time range it covers, delivered on commit.
-NOTIFY_SQL = f"""
-SELECT pg_notify('{CHANNEL}', json_build_array(
-           customer_id::bigint, name,
-           (extract(epoch FROM min(ts)) * 1e6)::bigint,
-           (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)
-FROM staging GROUP BY customer_id, name
-"""
-
-
 def check_dimension(dim: str) -> str:
     if not _DIM_NAME.match(dim):
         raise ValueError(f"invalid dimension name {dim!r}")
@@ -79,7 +68,8 @@ def commit_sql(dimensions: tuple[str, ...]) -> str:
     the load is kept for its first row only (the anti-join on `ord`, served by the staging
     index). Rollups are upserted in key order so concurrent
     writers (one per worker process) lock rows in the same order and cannot deadlock.
-    Returns (req, inserted) for each request that inserted at least one row.
+    Returns (req, inserted) for each request that inserted at least one row, and a row with
+    req -1 (the count of cache-invalidation notifications sent).
     """
     dims = ",\n            ".join(
         ["('', '')", *(f"('{d}', {dimension_expr(d, 'w.properties')})" for d in dimensions)]
@@ -120,9 +110,19 @@ WITH base AS (
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (customer_id, name, dim, dim_value, bucket) DO UPDATE
         SET count = r.count + excluded.count, sum_value = r.sum_value + excluded.sum_value
+), notified AS (
+    -- Cache invalidation: one notification per (customer, event name) loaded, with the
+    -- event-time range it covers; delivered only on commit, in commit order.
+    SELECT pg_notify('{CHANNEL}', json_build_array(
+               customer_id::bigint, name,
+               (extract(epoch FROM min(ts)) * 1e6)::bigint,
+               (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)
+    FROM staging GROUP BY customer_id, name
 )
 SELECT width_bucket(rel, $2::bigint[]) - 1 AS req, count(*) AS inserted
 FROM winners GROUP BY 1
+UNION ALL  -- a SELECT in a CTE runs only when read: this row (req -1) makes it run
+SELECT -1, count(*) FROM notified
 """
 
 
@@ -131,6 +131,5 @@ __all__ = [
     "COPY_HEADER",
     "COPY_TRAILER",
     "CREATE_STAGING",
-    "NOTIFY_SQL",
     "commit_sql",
 ]

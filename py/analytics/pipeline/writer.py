@@ -33,7 +33,6 @@ from analytics.pipeline.sql import (
     COPY_HEADER,
     COPY_TRAILER,
     CREATE_STAGING,
-    NOTIFY_SQL,
     commit_sql,
 )
 
@@ -221,8 +220,7 @@ class GroupCommitWriter:
                 "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
             )
             rows = await conn.fetch(self._sql, now, offsets)
-            await conn.execute(NOTIFY_SQL)
-        return [(r["req"], r["inserted"]) for r in rows]
+        return [(r["req"], r["inserted"]) for r in rows if r["req"] >= 0]
 
 
 class _Lane:
