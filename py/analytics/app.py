@@ -16,19 +16,28 @@ from datetime import UTC, datetime
 import anyio
 import asyncpg
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from analytics.api import ingest, ops, query
 from analytics.api.auth import KeyCache
 from analytics.api.errors import EXCEPTION_HANDLERS
+from analytics.api.middleware import Deadline
+from analytics.billing.sdk import BillingClient
 from analytics.normalize import Limits
+from analytics.pipeline.billing import BillingDispatcher
 from analytics.pipeline.writer import GroupCommitWriter
+from analytics.runtime.flags import Flags
 from analytics.runtime.invalidation import CHANNEL, Invalidator, QueryCache
 from analytics.runtime.offload import Offload
+from analytics.runtime.ratelimit import TokenBuckets
+from analytics.runtime.supervise import supervised
 from analytics.settings import Settings
-from analytics.store.keys import lookup_key
+from analytics.store.keys import KeyInfo, lookup_key
 from analytics.store.partitions import ensure_partitions
 from analytics.store.pool import connect, create_pool
+
+BILLING_RETRIES = 2
 
 
 @dataclass
@@ -41,63 +50,106 @@ class Runtime:
     offload: Offload
     keys: KeyCache
     invalidator: Invalidator
+    flags: Flags
+    buckets: TokenBuckets
     event_limits: Limits
     batch_limits: Limits
+    dispatcher: BillingDispatcher | None = None
 
 
-@asynccontextmanager
-async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    if not settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set (the CLI starts an embedded server)")
-    pool = await create_pool(settings)
-    try:
-        async with pool.acquire() as conn:
-            await ensure_partitions(conn, datetime.now(UTC))
+def _runtime(settings: Settings, pool: asyncpg.Pool) -> Runtime:
+    direct = functools.partial(connect, settings.database_url, settings)
 
-        async def key_lookup(key: str):
-            async with pool.acquire(timeout=settings.acquire_timeout_s) as conn:
-                return await lookup_key(conn, key)
+    async def key_lookup(key: str) -> KeyInfo | None:
+        async with pool.acquire(timeout=settings.acquire_timeout_s) as conn:
+            return await lookup_key(conn, key)
 
-        writer = GroupCommitWriter(
-            functools.partial(connect, settings.database_url, settings),
+    offload = Offload({"cpu": settings.cpu_threads, "billing_sdk": settings.billing_sdk_threads})
+    flags = Flags(
+        {
+            "billing_dispatch": settings.flag_billing_dispatch,
+            "enrichment": settings.flag_enrichment,
+            "signature_enforcement": settings.flag_signature_enforcement,
+        }
+    )
+    rt = Runtime(
+        settings=settings,
+        pool=pool,
+        writer=GroupCommitWriter(
+            direct,
             settings.dimensions,
             inbox=settings.writer_inbox,
             max_batch_rows=settings.writer_max_batch_rows,
             window_s=settings.writer_window_s,
             commit_timeout_s=settings.commit_timeout_s,
             connections=settings.writer_connections,
-        )
-        app.state.runtime = Runtime(
-            settings=settings,
-            pool=pool,
-            writer=writer,
-            offload=Offload({"cpu": settings.cpu_threads}),
-            keys=KeyCache(key_lookup),
-            invalidator=Invalidator(
-                functools.partial(connect, settings.listen_url, settings),
-                QueryCache(settings.cache_entries),
-                functools.partial(pool.execute, "SELECT pg_notify($1, $2)", CHANNEL),
+            usage_window_s=settings.billing_window_s,
+        ),
+        offload=offload,
+        keys=KeyCache(key_lookup),
+        invalidator=Invalidator(
+            functools.partial(connect, settings.listen_url, settings),
+            QueryCache(settings.cache_entries),
+            functools.partial(pool.execute, "SELECT pg_notify($1, $2)", CHANNEL),
+        ),
+        flags=flags,
+        buckets=TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
+        event_limits=Limits(max_body_bytes=settings.max_event_body_bytes, max_events=1),
+        batch_limits=Limits(
+            max_body_bytes=settings.max_batch_body_bytes, max_events=settings.max_batch_events
+        ),
+    )
+    if settings.billing_url:
+        rt.dispatcher = BillingDispatcher(
+            pool,
+            offload,
+            functools.partial(
+                BillingClient,
+                settings.billing_url,
+                timeout_s=settings.billing_timeout_s,
+                retries=BILLING_RETRIES,
+                pool_size=settings.billing_sdk_threads,
             ),
-            event_limits=Limits(max_body_bytes=settings.max_event_body_bytes, max_events=1),
-            batch_limits=Limits(
-                max_body_bytes=settings.max_batch_body_bytes,
-                max_events=settings.max_batch_events,
-            ),
+            flags,
+            window_s=settings.billing_window_s,
+            poll_s=settings.billing_poll_s,
+            # The SDK's own worst case (every attempt timing out, plus backoff) and a margin.
+            call_timeout_s=settings.billing_timeout_s * (BILLING_RETRIES + 1) + 2,
+            max_backoff_s=settings.billing_max_backoff_s,
         )
-        runtime = app.state.runtime
+    return rt
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Owns every background job in one task group.
+
+    Start order: flags, cache listener, writer, billing dispatcher. Stop order (after the
+    server has stopped taking requests and finished those in flight): the writer commits
+    everything it accepted, then the rest is cancelled, then the pool closes.
+    """
+    settings: Settings = app.state.settings
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set (the CLI starts an embedded server)")
+    pool = await create_pool(settings)
+    try:
+        rt = app.state.runtime = _runtime(settings, pool)
+        async with pool.acquire() as conn:
+            await ensure_partitions(conn, datetime.now(UTC))
+            await rt.flags.load(conn)
+        listen = functools.partial(connect, settings.listen_url, settings)
         async with anyio.create_task_group() as tg:
-            await tg.start(runtime.invalidator.run, name="cache invalidation listener")
-            await tg.start(writer.run, name="group-commit writer")
+            tg.start_soon(supervised, "feature flags", functools.partial(rt.flags.run, listen))
+            await tg.start(rt.invalidator.run, name="cache invalidation listener")
+            await tg.start(rt.writer.run, name="group-commit writer")
+            if rt.dispatcher is not None:
+                tg.start_soon(supervised, "billing dispatcher", rt.dispatcher.run)
             try:
                 yield
             finally:
-                # Intake has stopped (the server drains requests before lifespan shutdown);
-                # the writer commits everything it accepted, then returns; the listener is
-                # cancelled once the writer is done.
-                writer.close()
+                rt.writer.close()
                 with anyio.CancelScope(shield=True):
-                    await writer.closed.wait()
+                    await rt.writer.closed.wait()
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -114,6 +166,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/readyz", ops.readyz, methods=["GET"]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[Middleware(Deadline)],
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings.from_env()

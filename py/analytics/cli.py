@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 import asyncpg
 
+from analytics.runtime.flags import NAMES as FLAG_NAMES
+from analytics.runtime.flags import set_flag
 from analytics.settings import Settings
 from analytics.store.embedded import resolve_database
 from analytics.store.keys import SCOPES, create_customer, create_key, revoke_key, validate_scopes
@@ -95,6 +97,26 @@ async def _keys_revoke(conn: asyncpg.Connection, args: argparse.Namespace) -> in
     return 1
 
 
+async def _flags_list(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    rows = {r["name"]: r for r in await conn.fetch("SELECT * FROM feature_flags")}
+    for name in FLAG_NAMES:
+        row = rows.get(name)
+        if row is None:
+            default = getattr(settings, f"flag_{name}")
+            print(f"{name:24s} {'on' if default else 'off':4s} (default)")
+        else:
+            state, since = "on" if row["enabled"] else "off", row["updated_at"]
+            print(f"{name:24s} {state:4s} (set {since:%Y-%m-%d %H:%M:%S})")
+    return 0
+
+
+async def _flags_set(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    await set_flag(conn, args.name, args.state == "on", datetime.now(UTC))
+    print(f"{args.name} {args.state}")
+    return 0
+
+
 def _scopes(value: str) -> frozenset[str]:
     try:
         return validate_scopes(s.strip() for s in value.split(",") if s.strip())
@@ -103,7 +125,7 @@ def _scopes(value: str) -> frozenset[str]:
 
 
 def add_commands(subparsers: Subparsers) -> None:
-    """Registrar of the store commands: `migrate`, `keys create`, `keys revoke`."""
+    """Registrar of the store commands: `migrate`, `keys create|revoke`, `flags list|set`."""
     p = subparsers.add_parser("migrate", help="apply migrations and create event partitions")
     p.set_defaults(handler=with_connection(_migrate))
 
@@ -126,6 +148,16 @@ def add_commands(subparsers: Subparsers) -> None:
     p.add_argument("key")
     p.set_defaults(handler=with_connection(_keys_revoke))
 
+    flags = subparsers.add_parser("flags", help="feature flags").add_subparsers(
+        dest="flags_command", required=True, metavar="ACTION"
+    )
+    p = flags.add_parser("list", help="show every flag and where its value comes from")
+    p.set_defaults(handler=with_connection(_flags_list))
+    p = flags.add_parser("set", help="switch a flag in every worker (takes effect at once)")
+    p.add_argument("name", choices=FLAG_NAMES)
+    p.add_argument("state", choices=["on", "off"])
+    p.set_defaults(handler=with_connection(_flags_set))
+
 
 #: Every registrar of subcommands; `serve` and `billing-stub` join here.
 def add_serve(subparsers: Subparsers) -> None:
@@ -135,7 +167,14 @@ def add_serve(subparsers: Subparsers) -> None:
     add_serve_command(subparsers)
 
 
-REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (add_commands, add_serve)
+def add_billing_stub(subparsers: Subparsers) -> None:
+    """`analytics billing-stub`, the development billing service."""
+    from analytics.billing.stub import add_billing_stub_command
+
+    add_billing_stub_command(subparsers)
+
+
+REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (add_commands, add_serve, add_billing_stub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,11 @@ are plain sync calls here. Workers are separate processes that read the same env
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import anyio
@@ -57,16 +62,45 @@ def hypercorn_config(settings: Settings, worker_class: str) -> Config:
     return config
 
 
-def serve(settings: Settings, worker_class: str = "uvloop") -> int:
+def _start_billing_stub(latency_ms: int) -> tuple[subprocess.Popen, str]:
+    """The development billing service on a free local port (for `BILLING_URL` unset)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "analytics.billing.stub", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--latency-ms", str(latency_ms)])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the billing stub did not start")
+
+
+def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
     settings = resolve_database(settings)
     for line in anyio.run(_prepare, settings.database_url):
         print(line, flush=True)
+    stub = None
+    if not settings.billing_url:
+        stub, url = _start_billing_stub(stub_latency_ms)
+        settings = replace(settings, billing_url=url)
+        print(f"billing stub on {url} (set BILLING_URL to use a real billing service)")
     # Workers (separate processes) build their app from the environment.
     os.environ["DATABASE_URL"] = settings.database_url
+    os.environ["BILLING_URL"] = settings.billing_url
     for name in ("host", "port", "workers"):
         os.environ[f"ANALYTICS_{name.upper()}"] = str(getattr(settings, name))
     print(f"analytics serving on http://{settings.host}:{settings.port}", flush=True)
-    run(hypercorn_config(settings, worker_class))
+    try:
+        run(hypercorn_config(settings, worker_class))
+    finally:
+        if stub is not None:
+            stub.terminate()
+            stub.wait(timeout=10)
     return 0
 
 
@@ -77,6 +111,9 @@ def add_serve_command(subparsers) -> None:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--workers", type=int, help="worker processes (default 1)")
     p.add_argument(
+        "--stub-latency-ms", type=int, default=20, help="latency of the billing stub (default 20)"
+    )
+    p.add_argument(
         "--worker-class",
         default="uvloop",
         choices=["asyncio", "uvloop", "trio"],
@@ -86,6 +123,6 @@ def add_serve_command(subparsers) -> None:
     def handler(args) -> int:
         overrides = {k: getattr(args, k) for k in ("host", "port", "workers")}
         settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
-        return serve(settings, args.worker_class)
+        return serve(settings, args.worker_class, args.stub_latency_ms)
 
     p.set_defaults(handler=handler)

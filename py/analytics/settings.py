@@ -54,6 +54,23 @@ class Settings:
     commit_timeout_s: float = 5.0
     request_timeout_s: float = 2.0
 
+    # Billing: usage is counted per window and sent through the blocking vendor SDK.
+    billing_url: str = ""
+    billing_window_s: float = 60.0
+    billing_sdk_threads: int = 4
+    billing_timeout_s: float = 2.0
+    billing_poll_s: float = 1.0
+    billing_max_backoff_s: float = 30.0
+
+    # Per-key token bucket (per worker process).
+    rate_limit_per_s: float = 2000.0
+    rate_limit_burst: float = 4000.0
+
+    # Feature flags' defaults (rows in feature_flags override them at run time).
+    flag_billing_dispatch: bool = True
+    flag_enrichment: bool = True
+    flag_signature_enforcement: bool = True
+
     # Query.
     dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
     max_buckets: int = 1500
@@ -74,6 +91,7 @@ class Settings:
             "database_url": _env("DATABASE_URL", ""),
             "direct_database_url": _env("ANALYTICS_DIRECT_DATABASE_URL", ""),
             "data_dir": Path(_env("ANALYTICS_DATA_DIR", ".analytics")),
+            "billing_url": _env("BILLING_URL", ""),
         }
         for f in fields(cls):
             raw = os.environ.get(f"ANALYTICS_{f.name.upper()}")

@@ -6,6 +6,7 @@ within that time on every worker without a database round trip per request.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 
 from analytics.api.errors import ApiError
+from analytics.runtime.ratelimit import TokenBuckets
 from analytics.store.keys import KeyInfo
 
 Lookup = Callable[[str], Awaitable[KeyInfo | None]]
@@ -52,3 +54,15 @@ async def authenticate(request: Request, keys: KeyCache, scope: str) -> KeyInfo:
     if scope not in info.scopes:
         raise ApiError(403, "wrong_scope", f"this key lacks the {scope!r} scope")
     return info
+
+
+def rate_limit(buckets: TokenBuckets, key: KeyInfo) -> None:
+    """429 with Retry-After when the key's token bucket is empty."""
+    wait = buckets.take(f"{key.customer_id}:{key.key_id}", time.monotonic())
+    if wait:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many requests for this key",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )

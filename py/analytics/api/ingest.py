@@ -14,7 +14,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from analytics.api.auth import authenticate
+from analytics.api.auth import authenticate, rate_limit
 from analytics.api.errors import NORMALIZE_STATUS, ApiError, json_response
 from analytics.normalize import NormalizeError, SignatureError, normalize_batch, verify_signature
 from analytics.pipeline.writer import Overloaded, WriteFailed, retry_after_s
@@ -67,13 +67,14 @@ async def _ingest(request: Request, batch: bool) -> Response:
     rt = request.app.state.runtime
     settings = rt.settings
     key = await authenticate(request, rt.keys, "write")
+    rate_limit(rt.buckets, key)
     ndjson = _media(request, batch)
     encoding = _encoding(request)
     cap = settings.max_batch_body_bytes if batch else settings.max_event_body_bytes
     body = await read_body(request, cap)
     inline = len(body) <= settings.inline_normalize_bytes
 
-    if key.signing_secret is not None:
+    if key.signing_secret is not None and rt.flags.enabled("signature_enforcement"):
         header = request.headers.get("x-signature")
         if not header:
             raise ApiError(401, "missing_signature", "this key requires an X-Signature header")

@@ -12,7 +12,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from analytics.api.auth import authenticate
+from analytics.api.auth import authenticate, rate_limit
 from analytics.api.errors import ApiError
 from analytics.normalize import normalize_event_name
 from analytics.runtime.invalidation import entry
@@ -114,6 +114,7 @@ async def metrics(request: Request) -> Response:
     include the current bucket are always computed."""
     rt = request.app.state.runtime
     key = await authenticate(request, rt.keys, "read")
+    rate_limit(rt.buckets, key)
     q = parse_query(request, key.customer_id)
     limit_raw = request.query_params.get("limit", "20")
     if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_GROUPS:

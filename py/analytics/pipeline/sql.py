@@ -64,10 +64,11 @@ def commit_sql(dimensions: tuple[str, ...]) -> str:
     """One statement: dedup, insert the new events, add rollup deltas, count per request.
 
     Parameters: $1 now (timestamptz), $2 request row offsets (bigint[], ascending, starting
-    at 0). Rows of one staging load come from requests in order (`ord`); a key seen twice in
-    the load is kept for its first row only (the anti-join on `ord`, served by the staging
-    index). Rollups are upserted in key order so concurrent
-    writers (one per worker process) lock rows in the same order and cannot deadlock.
+    at 0), $3 the billing usage window (interval). Rows of one staging load come from
+    requests in order (`ord`); a key seen twice in the load is kept for its first row only
+    (the anti-join on `ord`, served by the staging index). Rollups are upserted in key order
+    so concurrent writers (lanes, worker processes) lock rows in the same order and cannot
+    deadlock.
     Returns (req, inserted) for each request that inserted at least one row, and a row with
     req -1 (the count of cache-invalidation notifications sent).
     """
@@ -110,6 +111,11 @@ WITH base AS (
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (customer_id, name, dim, dim_value, bucket) DO UPDATE
         SET count = r.count + excluded.count, sum_value = r.sum_value + excluded.sum_value
+), usage AS (
+    -- Billing usage, in the same transaction as the events it counts (the outbox).
+    INSERT INTO usage_outbox (customer_id, window_start, count)
+    SELECT customer_id, date_bin($3::interval, $1::timestamptz, 'epoch'::timestamptz), count(*)
+    FROM winners GROUP BY customer_id ORDER BY customer_id
 ), notified AS (
     -- Cache invalidation: one notification per (customer, event name) loaded, with the
     -- event-time range it covers; delivered only on commit, in commit order.

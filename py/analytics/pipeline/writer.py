@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import asyncpg
@@ -78,6 +78,7 @@ class GroupCommitWriter:
         window_s: float = 0.0,
         commit_timeout_s: float = 5.0,
         connections: int = 2,
+        usage_window_s: float = 60.0,
         on_commit: Callable[[list[Ticket]], None] | None = None,
     ) -> None:
         self._connect = connect
@@ -88,6 +89,7 @@ class GroupCommitWriter:
         self._timeout_s = commit_timeout_s
         self._on_commit = on_commit
         self._lanes = max(1, connections)
+        self._usage_window = timedelta(seconds=usage_window_s)
         self.stats = CommitStats()
         #: Set when `run` has returned: everything accepted was committed (or failed).
         self.closed = anyio.Event()
@@ -219,7 +221,7 @@ class GroupCommitWriter:
             await conn.copy_to_table(
                 "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
             )
-            rows = await conn.fetch(self._sql, now, offsets)
+            rows = await conn.fetch(self._sql, now, offsets, self._usage_window)
         return [(r["req"], r["inserted"]) for r in rows if r["req"] >= 0]
 
 

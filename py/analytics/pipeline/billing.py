@@ -1,0 +1,180 @@
+"""The billing dispatcher: drains the usage outbox through the blocking vendor SDK.
+
+Each cycle (1) claims closed usage windows from the outbox into dispatch rows, one per
+customer and window, each with an idempotency key, in one transaction; (2) sends every
+pending dispatch through `BillingClient.notify_usage`, which blocks, so it runs only in a
+worker thread under the `billing_sdk` limiter; (3) marks a dispatch sent after billing
+accepted it. A crash between (2) and (3) resends with the same key, which billing counts
+once; billing being down only delays sending (exponential backoff, nothing is dropped), and
+billing being slow only occupies `billing_sdk` threads, never the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import asyncpg
+
+from analytics.billing.sdk import BillingClient, BillingError
+from analytics.runtime.flags import Flags
+from analytics.runtime.offload import Offload
+
+log = logging.getLogger(__name__)
+
+CLAIM_SQL = """
+WITH claimed AS (
+    SELECT customer_id, id, window_start, count FROM usage_outbox
+    WHERE dispatch_id IS NULL AND window_start < $1
+    ORDER BY customer_id, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), groups AS (
+    SELECT customer_id, window_start, sum(count)::bigint AS count, array_agg(id) AS ids
+    FROM claimed GROUP BY customer_id, window_start
+), made AS (
+    INSERT INTO usage_dispatch AS d (customer_id, window_start, window_end, count,
+                                     idempotency_key, created_at)
+    SELECT customer_id, window_start, window_start + $2::interval, count, '', $4
+    FROM groups
+    RETURNING customer_id, dispatch_id, window_start
+)
+UPDATE usage_outbox o SET dispatch_id = m.dispatch_id
+FROM made m JOIN groups g USING (customer_id, window_start)
+WHERE o.customer_id = m.customer_id AND o.id = ANY (g.ids)
+"""
+
+# The key is derived from the dispatch row, so it is fixed before the first attempt.
+KEY_SQL = """
+UPDATE usage_dispatch SET idempotency_key = 'usage-' || customer_id || '-' || dispatch_id
+WHERE idempotency_key = ''
+"""
+
+PENDING_SQL = """
+SELECT customer_id, dispatch_id, window_start, window_end, count, idempotency_key
+FROM usage_dispatch WHERE sent_at IS NULL AND failed_at IS NULL
+ORDER BY created_at, customer_id, dispatch_id LIMIT $1
+"""
+
+
+@dataclass
+class DispatchStats:
+    calls: int = 0
+    failures: int = 0
+    sent_events: int = 0
+    backlog: int = 0
+
+
+class BillingDispatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        offload: Offload,
+        client: Callable[[], BillingClient],
+        flags: Flags,
+        *,
+        window_s: float = 60.0,
+        poll_s: float = 1.0,
+        call_timeout_s: float = 5.0,
+        max_backoff_s: float = 30.0,
+        batch: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._offload = offload
+        self._client_factory = client
+        self._client: BillingClient | None = None
+        self._flags = flags
+        self._window = timedelta(seconds=window_s)
+        self._poll_s = poll_s
+        self._call_timeout_s = call_timeout_s
+        self._max_backoff_s = max_backoff_s
+        self._batch = batch
+        self.stats = DispatchStats()
+
+    async def run(self) -> None:
+        """Dispatch until cancelled; pauses while the `billing_dispatch` flag is off."""
+        backoff = self._poll_s
+        try:
+            while True:
+                if not self._flags.enabled("billing_dispatch"):
+                    await self._flags.changed.wait()
+                    continue
+                ok = await self.cycle()
+                backoff = self._poll_s if ok else min(backoff * 2, self._max_backoff_s)
+                with anyio.move_on_after(backoff):
+                    await self._flags.changed.wait()
+        finally:
+            if self._client is not None:
+                client, self._client = self._client, None
+                with anyio.CancelScope(shield=True):
+                    await self._offload.run("billing_sdk", client.close)
+
+    async def cycle(self) -> bool:
+        """Claim closed windows, send what is pending; False if any send failed."""
+        now = datetime.now(UTC)
+        cutoff = now - (now - datetime(1970, 1, 1, tzinfo=UTC)) % self._window
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(CLAIM_SQL, cutoff, self._window, self._batch * 10, now)
+            await conn.execute(KEY_SQL)
+        pending = await self._pool.fetch(PENDING_SQL, self._batch)
+        self.stats.backlog = len(pending)
+        failures: list[BaseException] = []
+        async with anyio.create_task_group() as tg:
+            # Concurrency is bounded by the `billing_sdk` limiter inside `send`.
+            for row in pending:
+                tg.start_soon(self._send_one, row, failures)
+        return not failures
+
+    async def _send_one(self, row: asyncpg.Record, failures: list[BaseException]) -> None:
+        try:
+            await self.send(row)
+        except (BillingError, TimeoutError, OSError) as e:
+            self.stats.failures += 1
+            # Refused for good (e.g. 409: the key was used for other usage): parked for an
+            # operator, never retried in a loop and never deleted.
+            parked = isinstance(e, BillingError) and not e.retryable
+            if not parked:
+                failures.append(e)
+            log.warning(
+                "billing call for dispatch %s failed%s: %r",
+                row["dispatch_id"],
+                " for good, parked" if parked else "",
+                e,
+            )
+            await self._pool.execute(
+                """UPDATE usage_dispatch SET attempts = attempts + 1, last_error = $3,
+                          failed_at = CASE WHEN $4 THEN $5::timestamptz END
+                   WHERE customer_id = $1 AND dispatch_id = $2""",
+                row["customer_id"],
+                row["dispatch_id"],
+                repr(e)[:500],
+                parked,
+                datetime.now(UTC),
+            )
+
+    async def send(self, row: asyncpg.Record) -> None:
+        if self._client is None:
+            self._client = self._client_factory()
+        client = self._client
+        self.stats.calls += 1
+        with anyio.fail_after(self._call_timeout_s):
+            await self._offload.run(
+                "billing_sdk",
+                client.notify_usage,
+                row["customer_id"],
+                row["count"],
+                row["window_start"],
+                row["window_end"],
+                row["idempotency_key"],
+            )
+        await self._pool.execute(
+            """UPDATE usage_dispatch SET sent_at = $3, attempts = attempts + 1, last_error = NULL
+               WHERE customer_id = $1 AND dispatch_id = $2""",
+            row["customer_id"],
+            row["dispatch_id"],
+            datetime.now(UTC),
+        )
+        self.stats.sent_events += row["count"]

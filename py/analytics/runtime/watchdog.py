@@ -1,0 +1,537 @@
+"""The loop watchdog: says at once that the event loop is stalled, and which line did it.
+
+A heartbeat task on the loop stamps `time.monotonic()` every `interval`. A daemon thread
+watches the deadline: when a tick is more than `threshold` late, the loop is blocked, and the
+thread captures the loop thread's Python stack *while it is still blocked*
+(`sys._current_frames()`). When the heartbeat resumes, the stall gets its full duration.
+Waiting for I/O is not a stall (the heartbeat runs while the loop idles), nor is a busy loop
+whose tasks yield (the heartbeat gets its turn every loop iteration).
+
+When C code holds the GIL, no Python thread can run, the watchdog's included. For that case
+the watchdog thread keeps re-arming faulthandler's C-level timer; if the thread cannot re-arm it
+in time, faulthandler (which needs no GIL) writes every thread's stack to a file.
+
+Everything but `LoopWatchdog` is plain bookkeeping that imports no event loop: `Histogram`,
+`Stall`, `StallGroup`, `StallTracker` (detection, merge by stack signature, rate-limited logs)
+and `RequestContext` (which request the blocked code serves).
+"""
+
+from __future__ import annotations
+
+import bisect
+import faulthandler
+import hashlib
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from traceback import FrameSummary
+from types import FrameType, TracebackType
+from typing import Any, TextIO
+
+import anyio
+
+log = logging.getLogger(__name__)
+
+#: Frames whose file lives under this directory are ours, and are marked in stall reports.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+#: Default bucket upper bounds, in seconds (Prometheus `le` labels).
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """A fixed-bucket histogram of seconds, shaped like a Prometheus histogram.
+
+    `buckets` is `[(upper_bound, cumulative_count), ...]` ending with `(math.inf, count)`;
+    a value `v` is counted in every bucket with `v <= upper_bound`. `count` and `sum` are the
+    number and total of observed values. `observe` is O(log buckets), allocation-free, and
+    meant for one writer thread; readers on other threads may see `count`, `sum` and the
+    buckets one observation apart, never a torn value.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self._counts = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    @property
+    def buckets(self) -> list[tuple[float, int]]:
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, math.inf), self._counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+    def quantile(self, q: float) -> float:
+        """Estimate the `q` quantile (0..1) as Prometheus' `histogram_quantile` does: linear
+        within the bucket holding it, the highest finite bound if it falls in the +Inf bucket,
+        NaN when empty."""
+        if not self.count:
+            return math.nan
+        rank, lower, below = q * self.count, 0.0, 0
+        for bound, cumulative in self.buckets:
+            if cumulative >= rank and cumulative > below:
+                if math.isinf(bound):
+                    return lower
+                return lower + (bound - lower) * (rank - below) / (cumulative - below)
+            lower, below = bound, cumulative
+        return lower
+
+
+@dataclass(eq=False)
+class Stall:
+    """One stall of the loop. Written by the watchdog and the heartbeat, read by anyone.
+
+    `started_at` (monotonic) is when the missed heartbeat was due; `detected_at` when the
+    watchdog thread saw it missed and took `stack` (innermost frame last) from the blocked loop
+    thread. `duration` is the time the heartbeat was late: so far while in progress, final once
+    `ended`. A `detected_at - started_at` much larger than the threshold means the watchdog
+    thread could not run either (C code holding the GIL): the stack then shows where the loop
+    was after the blocking call, and the faulthandler file holds the truth; an empty `stack`
+    means the thread never saw the stall, only the heartbeat when it ended. `context` is what
+    the `context` callable said about the blocked request. `logged` tells whether the rate
+    limit let this stall's log records through.
+    """
+
+    started_at: float
+    detected_at: float
+    stack: list[FrameSummary]
+    context: dict[str, Any]
+    signature: str
+    logged: bool = False
+    final_duration: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.final_duration is not None
+
+    @property
+    def duration(self) -> float:
+        final = self.final_duration
+        return final if final is not None else time.monotonic() - self.started_at
+
+
+@dataclass(eq=False)
+class StallGroup:
+    """Stalls with identical stacks, merged: how often, how long, and the log rate limit."""
+
+    signature: str
+    stack: list[FrameSummary]
+    count: int = 0
+    total_s: float = 0.0
+    max_s: float = 0.0
+    logged_at: float = -math.inf
+    suppressed: int = 0
+
+
+def is_own(filename: str) -> bool:
+    """Whether a frame's file belongs to the analytics package."""
+    return filename.startswith(PACKAGE_DIR)
+
+
+def stack_signature(stack: list[FrameSummary]) -> str:
+    """A short stable id of a stack: equal for stalls at the same lines through the same calls."""
+    text = "\n".join(f"{f.filename}:{f.lineno}:{f.name}" for f in stack)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def stack_fields(stack: list[FrameSummary]) -> list[dict[str, Any]]:
+    """The stack as JSON-ready dicts, innermost last, with our own frames marked `ours`.
+    Reads source lines through `linecache` (file I/O: call it off the loop)."""
+    return [
+        {
+            "file": f.filename,
+            "line": f.lineno,
+            "func": f.name,
+            "code": f.line,
+            "ours": is_own(f.filename),
+        }
+        for f in stack
+    ]
+
+
+def culprit(stack: list[FrameSummary]) -> str:
+    """The innermost frame of ours (else the innermost frame) as `file:line in func`."""
+    frames = [f for f in stack if is_own(f.filename)] or stack
+    if not frames:
+        return "<no stack>"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} in {f.name}"
+
+
+class RequestContext:
+    """Which request the loop is serving, readable from the watchdog thread.
+
+    Many requests interleave on one loop, so a single "current request" slot names the wrong
+    one whenever a request blocks after an `await`. Instead, each request binds its fields to
+    its own coroutine frame, and the watchdog looks for bound frames on the blocked stack:
+
+        with request_context.bind(request_id=rid, route=path, scenario=scenario):
+            await app(scope, receive, send)
+
+    Bind in the task that runs the handler (a pure ASGI middleware); Starlette's
+    `BaseHTTPMiddleware` runs the app in another task, whose stack does not include the
+    middleware's frame. `bind` and its exit are plain dict operations (loop thread); the
+    lookup (`__call__`, watchdog thread) only reads the dict.
+    """
+
+    def __init__(self) -> None:
+        self._by_frame: dict[int, dict[str, Any]] = {}
+
+    def bind(self, **fields: Any) -> _Binding:
+        return _Binding(self._by_frame, fields)
+
+    def __call__(self, frame: FrameType) -> dict[str, Any]:
+        """The fields bound by the innermost bound frame in `frame`'s chain, or `{}`."""
+        f: FrameType | None = frame
+        while f is not None:
+            fields = self._by_frame.get(id(f))
+            if fields is not None:
+                return dict(fields)
+            f = f.f_back
+        return {}
+
+
+class _Binding:
+    """`RequestContext.bind`'s context manager: keys the fields by the caller's frame."""
+
+    def __init__(self, table: dict[int, dict[str, Any]], fields: dict[str, Any]) -> None:
+        self._table, self._fields, self._key = table, fields, 0
+
+    def __enter__(self) -> dict[str, Any]:
+        # The frame running the `with` statement: a live frame's id is unique.
+        self._key = id(sys._getframe(1))
+        self._table[self._key] = self._fields
+        return self._fields
+
+    def __exit__(self, *exc: object) -> None:
+        self._table.pop(self._key, None)
+
+
+OnStall = Callable[[Stall], None]
+ContextFn = Callable[[FrameType], dict[str, Any]]
+
+
+class StallTracker:
+    """Detection and bookkeeping, shared by the heartbeat (loop thread) and the watchdog thread.
+
+    The heartbeat calls `beat()` each tick: it records the tick's lag and, when the tick was
+    late by more than `threshold`, ends the stall in progress (or records one the watchdog
+    thread could not see). The watchdog thread calls `poll()`: it detects a missed deadline,
+    captures the stack and reports (logs, `on_stall`) stalls that started or ended. All I/O
+    (logging, reading source lines, `on_stall`) happens in `poll`, never in `beat`.
+
+    Logs: a `loop_stall` warning when a stall is detected (`phase="started"`, the duration so
+    far) and another when it ends (`phase="ended"`, the full duration), with `extra` fields
+    `event, phase, duration_s, detected_after_s, threshold_s, signature, count, suppressed,
+    culprit, stack, context`. Per signature at most one stall is logged each `log_every`
+    seconds; `suppressed` counts those skipped since the last one logged. `on_stall` is called
+    for every stall (logged or not) at both phases, in the watchdog thread: keep it quick and
+    thread-safe. `stalls` keeps the latest `keep` stalls; `stalls_total` counts all.
+    """
+
+    def __init__(
+        self,
+        threshold: float,
+        interval: float,
+        *,
+        on_stall: OnStall | None = None,
+        context: ContextFn | None = None,
+        log_every: float = 60.0,
+        keep: int = 1000,
+        logger: logging.Logger = log,
+    ) -> None:
+        if threshold <= 0 or interval <= 0:
+            raise ValueError("threshold and interval must be positive")
+        self.threshold, self.interval = threshold, interval
+        self.on_stall, self.context, self.log_every, self.keep = on_stall, context, log_every, keep
+        self.logger = logger
+        self.lag = Histogram()  # every tick: actual interval minus expected (never negative)
+        self.stall_durations = Histogram()  # every stall's full duration
+        self.stalls: list[Stall] = []
+        self.groups: dict[str, StallGroup] = {}
+        self.stalls_total = 0
+        self.current: Stall | None = None
+        self._beat = time.monotonic()
+        self._current_beat = 0.0  # the last beat before `current` began
+        self._ended: list[Stall] = []  # ended by `beat`, to be reported by `poll`
+        self._lock = threading.Lock()  # taken by `beat` only on a late tick
+
+    @property
+    def in_stall(self) -> bool:
+        current = self.current
+        return current is not None and not current.ended
+
+    def reset(self) -> None:
+        """Start the clock: the next beat is due `interval` from now."""
+        self._beat = time.monotonic()
+
+    def beat(self) -> None:
+        """One heartbeat (loop thread). Takes the lock only on a late tick or during a stall,
+        and then waits at most for the watchdog thread to finish capturing a stack."""
+        now = time.monotonic()
+        prev, self._beat = self._beat, now
+        lag = now - prev - self.interval
+        self.lag.observe(lag if lag > 0.0 else 0.0)
+        if lag > self.threshold or self.current is not None:
+            with self._lock:
+                stall = self.current
+                if stall is not None:
+                    # Normally this tick is the first after the stall's beat. If the watchdog
+                    # saw the stall only as the loop resumed, `prev` is the tick that ended it.
+                    ours = self._current_beat == prev
+                    self._finish(stall, (now if ours else prev) - stall.started_at)
+                    if ours:
+                        return
+                if lag > self.threshold:
+                    # The watchdog thread could not run to see this one (the GIL was held).
+                    self._finish(self._open(prev, now, [], {}), lag)
+
+    def poll(self, frame_of_loop: Callable[[], FrameType | None] | None) -> float:
+        """One watchdog check (watchdog thread): detect, capture, report. Returns how long
+        to wait before the next check: until the deadline, or `interval` during a stall.
+        With `frame_of_loop=None` it only reports stalls that ended (a final flush)."""
+        started = None
+        with self._lock:
+            now, beat = time.monotonic(), self._beat
+            deadline = beat + self.interval + self.threshold
+            if frame_of_loop is not None and self.current is None and now > deadline:
+                frame = frame_of_loop()
+                stack: list[FrameSummary] = []
+                ctx: dict[str, Any] = {}
+                if frame is not None:
+                    summary = traceback.StackSummary.extract(
+                        traceback.walk_stack(frame), lookup_lines=False
+                    )
+                    stack = summary[::-1]  # walk_stack goes outward; innermost last, as usual
+                    if self.context is not None:
+                        ctx = self.context(frame)
+                started = self.current = self._open(beat, now, stack, ctx)
+            ended, self._ended = self._ended, []
+            wait = self.interval if self.current is not None else deadline - now
+        if started is not None:
+            self._report(started, "started")
+        for stall in ended:
+            self._report(stall, "ended")
+        return max(wait, 0.0)
+
+    def _finish(self, stall: Stall, duration: float) -> None:
+        self.current = None
+        stall.final_duration = duration
+        self.stall_durations.observe(duration)
+        group = self.groups[stall.signature]
+        group.total_s += duration
+        group.max_s = max(group.max_s, duration)
+        self._ended.append(stall)
+
+    def _open(self, beat: float, now: float, stack: list[FrameSummary], ctx: dict) -> Stall:
+        signature = stack_signature(stack)
+        stall = Stall(beat + self.interval, now, stack, ctx, signature)
+        group = self.groups.get(signature)
+        if group is None:
+            group = self.groups[signature] = StallGroup(signature, stack)
+        group.count += 1
+        self.stalls_total += 1
+        self.stalls.append(stall)
+        if len(self.stalls) > self.keep:
+            del self.stalls[: len(self.stalls) - self.keep]
+        self._current_beat = beat
+        return stall
+
+    def _report(self, stall: Stall, phase: str) -> None:
+        group = self.groups[stall.signature]
+        if phase == "started" or not stall.stack:  # a stall's first report decides its logging
+            now = time.monotonic()
+            if now - group.logged_at >= self.log_every:
+                stall.logged, group.logged_at = True, now
+            else:
+                group.suppressed += 1
+        if stall.logged:
+            where = culprit(stall.stack)
+            duration = stall.duration
+            self.logger.warning(
+                "loop_stall %s %.3fs at %s",
+                phase,
+                duration,
+                where,
+                extra={
+                    "event": "loop_stall",
+                    "phase": phase,
+                    "duration_s": duration,
+                    "detected_after_s": stall.detected_at - stall.started_at,
+                    "threshold_s": self.threshold,
+                    "signature": stall.signature,
+                    "count": group.count,
+                    "suppressed": group.suppressed,
+                    "culprit": where,
+                    "stack": stack_fields(stall.stack),
+                    "context": stall.context,
+                },
+            )
+            if phase == "ended":
+                group.suppressed = 0
+        if self.on_stall is not None:
+            try:
+                self.on_stall(stall)
+            except Exception:
+                self.logger.exception("on_stall callback failed")
+
+
+_fallback_owner: object | None = None  # faulthandler's timer is process-global
+
+
+class LoopWatchdog:
+    """`async with LoopWatchdog() as wd:` watches the running loop (asyncio, uvloop or trio)
+    for as long as the block runs.
+
+    Entering starts a heartbeat task (in a task group the watchdog owns) and a daemon thread;
+    exiting cancels the heartbeat, stops and joins the thread (it wakes at once), and cancels
+    the faulthandler timer. Stall reports (see `StallTracker`) come from the thread.
+
+    `threshold`: a heartbeat later than this is a stall. `interval`: the heartbeat period.
+    A stall is detected at most `threshold + interval` after the loop blocked, plus the
+    thread's wake-up latency. `context(frame)` is called in the watchdog thread with the
+    blocked loop thread's innermost frame; a `RequestContext` is such a callable.
+
+    `c_fallback`: re-arm `faulthandler.dump_traceback_later(c_fallback_timeout, repeat=True)`
+    from the watchdog thread (at most every timeout/4), so that when the thread itself cannot
+    run for about `c_fallback_timeout` (default `max(4 * threshold, 1 s)`) — C code holding
+    the GIL — faulthandler writes all threads' stacks to `c_fallback_file` (default
+    `sys.stderr`; it needs a real file descriptor). The timer is process-global: one watchdog
+    per process may own it; entering a second with `c_fallback=True` raises RuntimeError.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.05,
+        interval: float = 0.01,
+        on_stall: OnStall | None = None,
+        context: ContextFn | None = None,
+        *,
+        log_every: float = 60.0,
+        keep: int = 1000,
+        c_fallback: bool = True,
+        c_fallback_timeout: float | None = None,
+        c_fallback_file: TextIO | None = None,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.tracker = StallTracker(
+            threshold,
+            interval,
+            on_stall=on_stall,
+            context=context,
+            log_every=log_every,
+            keep=keep,
+            logger=logger,
+        )
+        self.threshold, self.interval = threshold, interval
+        self.c_fallback = c_fallback
+        self.c_fallback_timeout = c_fallback_timeout or max(4 * threshold, 1.0)
+        self.c_fallback_file = c_fallback_file
+        self.lag, self.stall_durations = self.tracker.lag, self.tracker.stall_durations
+        self.stalls, self.groups = self.tracker.stalls, self.tracker.groups
+        self._cm: AbstractAsyncContextManager[LoopWatchdog] | None = None
+
+    @property
+    def stalls_total(self) -> int:
+        return self.tracker.stalls_total
+
+    @property
+    def in_stall(self) -> bool:
+        return self.tracker.in_stall
+
+    async def __aenter__(self) -> LoopWatchdog:
+        if self._cm is not None:
+            raise RuntimeError("a LoopWatchdog can be entered once")
+        self._cm = self._run()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._cm is not None
+        return await self._cm.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def _run(self) -> AsyncIterator[LoopWatchdog]:
+        global _fallback_owner
+        fallback = None
+        if self.c_fallback:
+            if _fallback_owner is not None:
+                raise RuntimeError("another LoopWatchdog owns faulthandler's timer")
+            fallback = _fileno_file(self.c_fallback_file or sys.stderr)
+            _fallback_owner = self
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._watch,
+            args=(threading.get_ident(), stop, fallback),
+            name="loop-watchdog",
+            daemon=True,
+        )
+        try:
+            self.tracker.reset()
+            thread.start()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat, name="loop-watchdog-heartbeat")
+                try:
+                    yield self
+                finally:
+                    tg.cancel_scope.cancel()
+            self.tracker.beat()  # the loop runs: end a stall the heartbeat had no tick to end
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join()  # it wakes on `stop` at once: not a blocking wait in practice
+            if fallback is not None:
+                faulthandler.cancel_dump_traceback_later()
+                _fallback_owner = None
+
+    async def _heartbeat(self) -> None:
+        beat, interval = self.tracker.beat, self.interval
+        while True:
+            await anyio.sleep(interval)
+            beat()
+
+    def _watch(self, loop_thread: int, stop: threading.Event, fallback: TextIO | None) -> None:
+        def frame_of_loop() -> FrameType | None:
+            return sys._current_frames().get(loop_thread)
+
+        timeout = self.c_fallback_timeout
+        rearm_at, wait = -math.inf, 0.0
+        while not stop.wait(wait):
+            wait = self.tracker.poll(frame_of_loop)
+            if fallback is not None:
+                now = time.monotonic()
+                if now >= rearm_at:
+                    faulthandler.dump_traceback_later(timeout, repeat=True, file=fallback)
+                    rearm_at = now + timeout / 4
+                wait = min(wait, rearm_at - now)
+        self.tracker.poll(None)
+
+
+def _fileno_file(file: TextIO) -> TextIO:
+    """`file` if faulthandler can write to it, else the process's real stderr (test runners
+    replace `sys.stderr` with objects that have no file descriptor)."""
+    try:
+        file.fileno()
+    except (AttributeError, OSError, ValueError):
+        if sys.__stderr__ is None:
+            raise
+        return sys.__stderr__
+    return file
