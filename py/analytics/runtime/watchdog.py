@@ -28,14 +28,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from traceback import FrameSummary
 from types import FrameType, TracebackType
 from typing import Any, TextIO
 
 import anyio
+from anyio.abc import TaskGroup
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,10 @@ class LoopWatchdog:
         self.c_fallback_file = c_fallback_file
         self.lag, self.stall_durations = self.tracker.lag, self.tracker.stall_durations
         self.stalls, self.groups = self.tracker.stalls, self.tracker.groups
-        self._cm: AbstractAsyncContextManager[LoopWatchdog] | None = None
+        self._fallback: TextIO | None = None
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._tg: TaskGroup | None = None
 
     @property
     def stalls_total(self) -> int:
@@ -454,53 +457,56 @@ class LoopWatchdog:
         return self.tracker.in_stall
 
     async def __aenter__(self) -> LoopWatchdog:
-        if self._cm is not None:
+        global _fallback_owner
+        if self._stop is not None:
             raise RuntimeError("a LoopWatchdog can be entered once")
-        self._cm = self._run()
-        return await self._cm.__aenter__()
+        if self.c_fallback:
+            if _fallback_owner is not None:
+                raise RuntimeError("another LoopWatchdog owns faulthandler's timer")
+            self._fallback = _fileno_file(self.c_fallback_file or sys.stderr)
+            _fallback_owner = self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._watch,
+            args=(threading.get_ident(), self._stop, self._fallback),
+            name="loop-watchdog",
+            daemon=True,
+        )
+        self.tracker.reset()
+        self._thread.start()
+        self._tg = anyio.create_task_group()
+        try:
+            await self._tg.__aenter__()
+        except BaseException:
+            self._close()
+            raise
+        self._tg.start_soon(self._heartbeat, name="loop-watchdog-heartbeat")
+        return self
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._cm is not None
-        return await self._cm.__aexit__(exc_type, exc, tb)
-
-    @asynccontextmanager
-    async def _run(self) -> AsyncIterator[LoopWatchdog]:
-        global _fallback_owner
-        fallback = None
-        if self.c_fallback:
-            if _fallback_owner is not None:
-                raise RuntimeError("another LoopWatchdog owns faulthandler's timer")
-            fallback = _fileno_file(self.c_fallback_file or sys.stderr)
-            _fallback_owner = self
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=self._watch,
-            args=(threading.get_ident(), stop, fallback),
-            name="loop-watchdog",
-            daemon=True,
-        )
+    ) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
         try:
-            self.tracker.reset()
-            thread.start()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._heartbeat, name="loop-watchdog-heartbeat")
-                try:
-                    yield self
-                finally:
-                    tg.cancel_scope.cancel()
+            # The body's exception is not the task group's: it passes through unwrapped.
+            await self._tg.__aexit__(None, None, None)
             self.tracker.beat()  # the loop runs: end a stall the heartbeat had no tick to end
         finally:
-            stop.set()
-            if thread.is_alive():
-                thread.join()  # it wakes on `stop` at once: not a blocking wait in practice
-            if fallback is not None:
-                faulthandler.cancel_dump_traceback_later()
-                _fallback_owner = None
+            self._close()
+
+    def _close(self) -> None:
+        global _fallback_owner
+        assert self._stop is not None and self._thread is not None
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()  # it wakes on `stop` at once: not a blocking wait in practice
+        if self._fallback is not None:
+            faulthandler.cancel_dump_traceback_later()
+            _fallback_owner = None
 
     async def _heartbeat(self) -> None:
         beat, interval = self.tracker.beat, self.interval
