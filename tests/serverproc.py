@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,12 +77,14 @@ def running_server(dsn: str, *args: str, **env: str) -> Iterator[Server]:
                 server.keys[line.split()[0]] = line.split()[-1]
             if "serving on" in line:
                 break
+        # Keep draining the output: a full pipe would block the server's log writer.
+        threading.Thread(target=lambda: server.output.extend(proc.stdout), daemon=True).start()
         wait_http(f"{server.base}/healthz")
         yield server
     finally:
         server.stop()
         # Shown by pytest only when the test failed.
-        print("".join(server.output) + proc.stdout.read())
+        print("".join(server.output))
 
 
 @contextmanager

@@ -171,18 +171,20 @@ def test_full_writer_inbox_answers_503_at_once(blank_dsn):
         locked.wait(10)
         try:
             with ThreadPoolExecutor(2) as pool, httpx.Client(base_url=server.base) as client:
-                # One batch blocks in the writer's commit, the next fills the inbox...
-                stuck = [
-                    pool.submit(
-                        client.post,
-                        "/v1/batch",
-                        content=batch(f"s{i}", 5),
-                        headers=headers,
-                        timeout=30,
+                # One batch blocks in the writer's commit, the next fills the inbox (sent
+                # apart, so the writer cannot take both into one commit)...
+                stuck = []
+                for i in range(2):
+                    stuck.append(
+                        pool.submit(
+                            client.post,
+                            "/v1/batch",
+                            content=batch(f"s{i}", 5),
+                            headers=headers,
+                            timeout=30,
+                        )
                     )
-                    for i in range(2)
-                ]
-                time.sleep(0.5)
+                    time.sleep(0.5)
                 # ...so the rest are refused at once instead of queueing.
                 refused = []
                 for i in range(5):

@@ -23,12 +23,15 @@ from analytics.api import ingest, ops, query
 from analytics.api.auth import KeyCache
 from analytics.api.errors import EXCEPTION_HANDLERS
 from analytics.api.middleware import Deadline
+from analytics.api.observe import Observe
 from analytics.billing.sdk import BillingClient
 from analytics.normalize import Limits
 from analytics.pipeline.billing import BillingDispatcher
 from analytics.pipeline.writer import GroupCommitWriter
+from analytics.runtime import metrics
 from analytics.runtime.flags import Flags
 from analytics.runtime.invalidation import CHANNEL, Invalidator, QueryCache
+from analytics.runtime.logs import DroppingQueueHandler, configure_logging
 from analytics.runtime.offload import Offload
 from analytics.runtime.ratelimit import TokenBuckets
 from analytics.runtime.supervise import supervised
@@ -120,6 +123,31 @@ def _runtime(settings: Settings, pool: asyncpg.Pool) -> Runtime:
     return rt
 
 
+OUTBOX_PENDING_SQL = """
+SELECT (SELECT count(*) FROM usage_outbox WHERE dispatch_id IS NULL)
+     + (SELECT count(*) FROM usage_dispatch WHERE sent_at IS NULL AND failed_at IS NULL)
+"""
+
+
+async def sample_gauges(rt: Runtime, every_s: float = 1.0, outbox_every: int = 5) -> None:
+    """Sets the gauges every second (multiprocess mode has no scrape-time callbacks)."""
+    tick, dropped = 0, DroppingQueueHandler.dropped
+    while True:
+        metrics.log_records_dropped.inc(DroppingQueueHandler.dropped - dropped)
+        dropped = DroppingQueueHandler.dropped
+        for s in rt.offload.stats():
+            metrics.limiter_capacity.labels(s.name).set(s.capacity)
+            metrics.limiter_borrowed.labels(s.name).set(s.borrowed)
+            metrics.limiter_waiting.labels(s.name).set(s.waiting)
+        metrics.writer_inbox_depth.set(rt.writer.depth)
+        metrics.writer_inbox_capacity.set(rt.settings.writer_inbox)
+        if tick % outbox_every == 0:
+            pending = await rt.pool.fetchval(OUTBOX_PENDING_SQL, timeout=5)
+            metrics.billing_outbox_pending.set(pending)
+        tick += 1
+        await anyio.sleep(every_s)
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Owns every background job in one task group.
@@ -144,6 +172,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await tg.start(rt.writer.run, name="group-commit writer")
             if rt.dispatcher is not None:
                 tg.start_soon(supervised, "billing dispatcher", rt.dispatcher.run)
+            tg.start_soon(supervised, "metrics sampler", functools.partial(sample_gauges, rt))
             try:
                 yield
             finally:
@@ -164,9 +193,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/v1/metrics", query.metrics, methods=["GET"]),
             Route("/healthz", ops.healthz, methods=["GET"]),
             Route("/readyz", ops.readyz, methods=["GET"]),
+            Route("/metrics", ops.prometheus, methods=["GET"]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[Middleware(Deadline)],
+        middleware=[Middleware(Observe), Middleware(Deadline)],
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings.from_env()
@@ -175,4 +205,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 def app_from_env() -> Starlette:
     """The Hypercorn entry point (`analytics.app:app_from_env()`), one per worker process."""
+    configure_logging()
     return create_app(Settings.from_env())

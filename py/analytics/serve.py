@@ -7,6 +7,7 @@ are plain sync calls here. Workers are separate processes that read the same env
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -89,7 +90,12 @@ def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int
         stub, url = _start_billing_stub(stub_latency_ms)
         settings = replace(settings, billing_url=url)
         print(f"billing stub on {url} (set BILLING_URL to use a real billing service)")
-    # Workers (separate processes) build their app from the environment.
+    # Workers (separate processes) build their app from the environment, and share their
+    # metrics through prometheus-client's multiprocess files (cleared for this run).
+    prom_dir = settings.data_dir.resolve() / "prometheus"
+    shutil.rmtree(prom_dir, ignore_errors=True)
+    prom_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
     os.environ["DATABASE_URL"] = settings.database_url
     os.environ["BILLING_URL"] = settings.billing_url
     for name in ("host", "port", "workers"):

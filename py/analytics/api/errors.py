@@ -9,6 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from analytics.runtime import metrics
+
 log = logging.getLogger(__name__)
 
 #: HTTP status for each whole-body normalization error code (others are 400).
@@ -45,6 +47,7 @@ def error_response(
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    metrics.rejections.labels(exc.code).inc()
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 

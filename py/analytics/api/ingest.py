@@ -16,8 +16,10 @@ from starlette.responses import Response
 
 from analytics.api.auth import authenticate, rate_limit
 from analytics.api.errors import NORMALIZE_STATUS, ApiError, json_response
+from analytics.api.observe import timed
 from analytics.normalize import NormalizeError, SignatureError, normalize_batch, verify_signature
 from analytics.pipeline.writer import Overloaded, WriteFailed, retry_after_s
+from analytics.runtime import metrics
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson")
@@ -66,12 +68,14 @@ async def read_body(request: Request, cap: int) -> bytes:
 async def _ingest(request: Request, batch: bool) -> Response:
     rt = request.app.state.runtime
     settings = rt.settings
-    key = await authenticate(request, rt.keys, "write")
-    rate_limit(rt.buckets, key)
+    with timed(request, "auth"):
+        key = await authenticate(request, rt.keys, "write")
+        rate_limit(rt.buckets, key)
     ndjson = _media(request, batch)
     encoding = _encoding(request)
     cap = settings.max_batch_body_bytes if batch else settings.max_event_body_bytes
-    body = await read_body(request, cap)
+    with timed(request, "read"):
+        body = await read_body(request, cap)
     inline = len(body) <= settings.inline_normalize_bytes
 
     if key.signing_secret is not None and rt.flags.enabled("signature_enforcement"):
@@ -87,7 +91,8 @@ async def _ingest(request: Request, batch: bool) -> Response:
             settings.signature_tolerance_s,
         )
         try:
-            check() if inline else await rt.offload.run("cpu", check)
+            with timed(request, "signature"):
+                check() if inline else await rt.offload.run("cpu", check)
         except SignatureError as e:
             raise ApiError(401, e.code, str(e.args[1])) from None
 
@@ -101,15 +106,19 @@ async def _ingest(request: Request, batch: bool) -> Response:
         limits=rt.batch_limits if batch else rt.event_limits,
     )
     try:
-        # Small bodies take microseconds in Rust: cheaper inline than a thread hop.
-        result = normalize() if inline else await rt.offload.run("cpu", normalize)
+        with timed(request, "normalize"):
+            # Small bodies take microseconds in Rust: cheaper inline than a thread hop.
+            result = normalize() if inline else await rt.offload.run("cpu", normalize)
     except NormalizeError as e:
         raise ApiError(NORMALIZE_STATUS.get(e.code, 400), e.code, str(e.args[1])) from None
+    for _, code, _ in result.rejected:
+        metrics.rejections.labels(code).inc()
 
     inserted = duplicates = 0
     if result.accepted:
         try:
-            inserted, duplicates = await rt.writer.submit(result.copy_data, result.accepted)
+            with timed(request, "commit_wait"):
+                inserted, duplicates = await rt.writer.submit(result.copy_data, result.accepted)
         except Overloaded:
             retry = str(retry_after_s(rt.writer.depth, settings.writer_inbox))
             raise ApiError(
@@ -119,6 +128,8 @@ async def _ingest(request: Request, batch: bool) -> Response:
             raise ApiError(
                 503, "write_failed", "the events were not stored; retry", {"Retry-After": "1"}
             ) from None
+    metrics.events_accepted.inc(inserted)
+    metrics.events_duplicate.inc(duplicates)
     return json_response(
         {
             "accepted": inserted,

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.errors import error_response, json_response
+from analytics.runtime import metrics
 
 
 async def healthz(request: Request) -> Response:
@@ -14,12 +15,29 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+#: Above this fraction of its capacity the writer inbox makes the worker unready, so a load
+#: balancer sends new traffic elsewhere before requests start getting 503s.
+INBOX_HIGH_WATER = 0.8
+
+
 async def readyz(request: Request) -> Response:
-    """Ready to take traffic: the database answers within a second."""
+    """Ready to take traffic: no loop stall in progress, the writer inbox below its
+    high-water mark, and the database answering within a second."""
     rt = request.app.state.runtime
+    watchdog = getattr(request.app.state, "watchdog", None)
+    if watchdog is not None and watchdog.in_stall:
+        return error_response(503, "loop_stalled", "the event loop is stalled")
+    if rt.writer.depth > INBOX_HIGH_WATER * rt.settings.writer_inbox:
+        return error_response(503, "writer_saturated", "the writer inbox is nearly full")
     try:
         with anyio.fail_after(1.0):
             await rt.pool.fetchval("SELECT 1")
     except Exception:
         return error_response(503, "database_unreachable", "the database does not answer")
     return json_response({"status": "ready"})
+
+
+async def prometheus(request: Request) -> Response:
+    """Prometheus exposition (aggregated over workers in multiprocess mode)."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

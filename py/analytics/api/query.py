@@ -15,6 +15,7 @@ from starlette.responses import Response
 from analytics.api.auth import authenticate, rate_limit
 from analytics.api.errors import ApiError
 from analytics.normalize import normalize_event_name
+from analytics.runtime import metrics as prom
 from analytics.runtime.invalidation import entry
 from analytics.store.metrics import AGGS, INTERVALS, MetricsQuery, fetch_series
 
@@ -126,7 +127,10 @@ async def metrics(request: Request) -> Response:
     cache = rt.invalidator.cache
     cache_key = (q, limit)
     body = cache.get(cache_key)
-    if body is None:
+    if body is not None:
+        prom.cache_hits.inc()
+    else:
+        prom.cache_misses.inc()
         generation = cache.generation(q.customer_id, q.name)
         body = await _render(rt, q, limit)
         cache.put(cache_key, entry(q.customer_id, q.name, q.start, q.end, body), generation)

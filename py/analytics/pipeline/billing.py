@@ -20,6 +20,7 @@ import anyio
 import asyncpg
 
 from analytics.billing.sdk import BillingClient, BillingError
+from analytics.runtime import metrics
 from analytics.runtime.flags import Flags
 from analytics.runtime.offload import Offload
 
@@ -133,6 +134,7 @@ class BillingDispatcher:
             await self.send(row)
         except (BillingError, TimeoutError, OSError) as e:
             self.stats.failures += 1
+            metrics.billing_failures.inc()
             # Refused for good (e.g. 409: the key was used for other usage): parked for an
             # operator, never retried in a loop and never deleted.
             parked = isinstance(e, BillingError) and not e.retryable
@@ -160,6 +162,7 @@ class BillingDispatcher:
             self._client = self._client_factory()
         client = self._client
         self.stats.calls += 1
+        metrics.billing_calls.inc()
         with anyio.fail_after(self._call_timeout_s):
             await self._offload.run(
                 "billing_sdk",

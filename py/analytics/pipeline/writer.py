@@ -35,6 +35,7 @@ from analytics.pipeline.sql import (
     CREATE_STAGING,
     commit_sql,
 )
+from analytics.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ class GroupCommitWriter:
                 counts = await self._write(await lane.connection(), batch, offsets)
         except BaseException as e:  # every waiter must learn the outcome
             log.error("group commit of %d rows failed: %r", total, e)
+            metrics.writer_commit_failures.inc()
             lane.drop()
             for ticket in batch:
                 ticket.error = e
@@ -205,6 +207,8 @@ class GroupCommitWriter:
         self.stats.rows += total
         self.stats.last_batch_rows = total
         self.stats.last_commit_s = elapsed
+        metrics.writer_batch_rows.observe(total)
+        metrics.writer_commit_seconds.observe(elapsed)
         for req, inserted in counts:
             batch[req].inserted = inserted
         if self._on_commit is not None:

@@ -1,0 +1,104 @@
+"""ASGI middleware: request id, scenario, per-section timings, metrics and the access log.
+
+- `X-Request-ID` is taken from the request (when sane) or generated, and echoed back.
+- `X-Scenario` (a load-test or client label) goes into the access log and metric labels.
+- Handlers add section timings with `timed(request, "normalize")`; the access line carries
+  them with the total, so a slow section is visible by name.
+- While the request runs, the watchdog's request context names it, so a loop stall report
+  says which request was being served.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from analytics.runtime import metrics
+
+access_log = logging.getLogger("analytics.access")
+
+ROUTES = frozenset({"/v1/events", "/v1/batch", "/v1/metrics", "/healthz", "/readyz", "/metrics"})
+_TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+@contextmanager
+def timed(request: Request, section: str) -> Iterator[None]:
+    """Adds the time spent in the block to the request's `section` timing."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings = request.state.timings
+        timings[section] = timings.get(section, 0.0) + time.perf_counter() - started
+
+
+class Observe:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _TOKEN.match(given) else uuid.uuid4().hex
+        scenario = _header(scope, b"x-scenario") or "none"
+        if not _TOKEN.match(scenario):
+            scenario = "invalid"
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["timings"] = timings = {}
+        status = 500
+        watchdog = getattr(scope["app"].state, "request_context", None)
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        started = time.perf_counter()
+        metrics.http_in_flight.inc()
+        if watchdog is not None:
+            watchdog.enter(request_id=request_id, route=route, scenario=scenario)
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            if watchdog is not None:
+                watchdog.exit()
+            total = time.perf_counter() - started
+            metrics.http_in_flight.dec()
+            method = scope["method"]
+            metrics.http_requests.labels(route, method, str(status), scenario).inc()
+            metrics.http_duration.labels(route, method, scenario).observe(total)
+            access_log.info(
+                "access",
+                extra={
+                    "request_id": request_id,
+                    "scenario": scenario,
+                    "method": method,
+                    "path": scope["path"],
+                    "status": status,
+                    "total_ms": round(total * 1000, 3),
+                    "timings_ms": {k: round(v * 1000, 3) for k, v in timings.items()},
+                },
+            )
