@@ -17,9 +17,27 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import asyncpg
 import pytest
+from blockbuster import blockbuster_ctx
 
 from analytics.store.embedded import start_embedded, stop_embedded
 from analytics.store.migrations import migrate
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A blocking call made by our code on a running event loop fails the test (blockbuster
+    patches time.sleep, socket, file and os calls while a loop runs in the calling thread).
+    Tests that block a loop on purpose (the watchdog's) are marked `allow_blocking`."""
+    if request.node.get_closest_marker("allow_blocking"):
+        yield
+        return
+    with blockbuster_ctx(["analytics"]) as bb:
+        # asyncpg stats ~/.pgpass while opening a connection: rare (pool start, reconnects)
+        # and local; allowed by name rather than hidden.
+        for name in ("os.stat", "os.path.exists", "io.BufferedReader.read"):
+            if name in bb.functions:
+                bb.functions[name].can_block_in("asyncpg/connect_utils.py", "_read_password_file")
+        yield
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from analytics.store.pool import connect, create_pool
 pytestmark = pytest.mark.anyio
 
 NOW = datetime(2024, 5, 17, 12, 30, tzinfo=UTC)
-ALL_MIGRATIONS = [m.label for m in load_migrations()]
+MIGRATIONS = load_migrations()
+ALL_MIGRATIONS = [m.label for m in MIGRATIONS]
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ async def test_migrate_applies_in_order_once_and_records(blank_dsn: str) -> None
         assert await migrate(conn) == []
         rows = await conn.fetch("SELECT version, name, applied_at FROM schema_migrations")
         assert [(r["version"], r["name"]) for r in rows] == [
-            (m.version, m.name) for m in load_migrations()
+            (m.version, m.name) for m in MIGRATIONS
         ]
         assert all(r["applied_at"] is not None for r in rows)
     finally:

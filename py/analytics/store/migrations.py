@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
 
+import anyio.to_thread
 import asyncpg
 
 #: Advisory lock key held while migrating (an arbitrary constant unique to this application).
@@ -63,7 +64,8 @@ async def migrate(conn: asyncpg.Connection, timeout_s: float = 600.0) -> list[st
     and the wait for a concurrent migrator, instead of the connection's command timeout.
     """
     applied: list[str] = []
-    for migration in load_migrations():
+    # Reading the packaged files is blocking I/O: done in a worker thread.
+    for migration in await anyio.to_thread.run_sync(load_migrations):
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY, timeout=timeout_s)
             await conn.execute(_CREATE_TABLE)
