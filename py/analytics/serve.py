@@ -57,7 +57,7 @@ def hypercorn_config(settings: Settings, worker_class: str) -> Config:
     config.read_timeout = 30
     config.keep_alive_timeout = 5
     config.h11_max_incomplete_size = 16 * 1024
-    config.graceful_timeout = 10
+    config.graceful_timeout = settings.graceful_timeout_s
     config.accesslog = None
     config.errorlog = "-"
     return config

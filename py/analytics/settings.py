@@ -35,6 +35,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    #: On SIGTERM, in-flight requests get this long to finish before the writer's final flush.
+    graceful_timeout_s: float = 10.0
 
     # Ingest caps.
     max_event_body_bytes: int = 1024 * 1024
