@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from traceback import FrameSummary
@@ -42,6 +43,7 @@ from types import FrameType, TracebackType
 from typing import Any, TextIO
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -237,11 +239,12 @@ ContextFn = Callable[[FrameType], dict[str, Any]]
 class StallTracker:
     """Detection and bookkeeping, shared by the heartbeat (loop thread) and the watchdog thread.
 
-    The heartbeat calls `beat()` each tick: it records the tick's lag and, when the tick was
-    late by more than `threshold`, ends the stall in progress (or records one the watchdog
-    thread could not see). The watchdog thread calls `poll()`: it detects a missed deadline,
-    captures the stack and reports (logs, `on_stall`) stalls that started or ended. All I/O
-    (logging, reading source lines, `on_stall`) happens in `poll`, never in `beat`.
+    The heartbeat calls `beat()` each tick: it stamps the time, records the tick's lag and,
+    when the tick was late (or a stall is in progress), queues it for the thread; that is all
+    it does, so the loop never waits for a lock, never does I/O. The watchdog thread calls
+    `poll()`: it ends stalls with the late ticks queued (or records the ones it never saw),
+    detects a missed deadline and captures the stack, and reports (logs, `on_stall`). All the
+    bookkeeping and I/O happen in `poll`, on that one thread.
 
     Logs: a `loop_stall` warning when a stall is detected (`phase="started"`, the duration so
     far) and another when it ends (`phase="ended"`, the full duration), with `extra` fields
@@ -273,14 +276,15 @@ class StallTracker:
         self.stalls: list[Stall] = []
         self.groups: dict[str, StallGroup] = {}
         self.stalls_total = 0
-        self.current: Stall | None = None
+        self.current: Stall | None = None  # set and cleared by `poll` only
         self._beat = time.monotonic()
-        self._current_beat = 0.0  # the last beat before `current` began
-        self._ended: list[Stall] = []  # ended by `beat`, to be reported by `poll`
-        self._lock = threading.Lock()  # taken by `beat` only on a late tick
+        self._late: deque[tuple[float, float, float]] = deque()  # (prev beat, beat, lag)
+        self._current_beat = math.nan  # the last beat before `current` began
+        self._ended_beat = math.nan  # the same, for the last stall ended
 
     @property
     def in_stall(self) -> bool:
+        """From detection until the watchdog thread has seen the heartbeat resume."""
         current = self.current
         return current is not None and not current.ended
 
@@ -289,68 +293,54 @@ class StallTracker:
         self._beat = time.monotonic()
 
     def beat(self) -> bool:
-        """One heartbeat (loop thread); True if it ended a stall (the watchdog thread then has a
-        report to make). Takes the lock only on a late tick or during a stall, and then waits
-        at most for the watchdog thread to finish capturing a stack."""
+        """One heartbeat (loop thread). True when it queued a tick for `poll`: wake the thread.
+        Never blocks: a clock read, a histogram update, at most a `deque.append`."""
         now = time.monotonic()
         prev, self._beat = self._beat, now
         lag = now - prev - self.interval
         self.lag.observe(lag if lag > 0.0 else 0.0)
         if lag > self.threshold or self.current is not None:
-            with self._lock:
-                stall = self.current
-                if stall is not None:
-                    # Normally this tick is the first after the stall's beat. If the watchdog
-                    # saw the stall only as the loop resumed, `prev` is the tick that ended it.
-                    ours = self._current_beat == prev
-                    self._finish(stall, (now if ours else prev) - stall.started_at)
-                    if ours:
-                        return True
-                if lag > self.threshold:
-                    # The watchdog thread could not run to see this one (the GIL was held).
-                    self._finish(self._open(prev, now, [], {}), lag)
-                return True
+            self._late.append((prev, now, lag))
+            return True
         return False
 
     def poll(self, frame_of_loop: Callable[[], FrameType | None] | None) -> float:
-        """One watchdog check (watchdog thread): detect, capture, report. Returns how long
+        """One watchdog check (watchdog thread): end, detect, capture, report. Returns how long
         to wait before the next check: until the deadline, or `interval` during a stall.
-        With `frame_of_loop=None` it only reports stalls that ended (a final flush)."""
-        started = None
-        with self._lock:
-            now, beat = time.monotonic(), self._beat
-            deadline = beat + self.interval + self.threshold
-            if frame_of_loop is not None and self.current is None and now > deadline:
-                frame = frame_of_loop()
-                stack: list[FrameSummary] = []
-                ctx: dict[str, Any] = {}
-                if frame is not None:
-                    summary = traceback.StackSummary.extract(
-                        traceback.walk_stack(frame), lookup_lines=False
-                    )
-                    stack = summary[::-1]  # walk_stack goes outward; innermost last, as usual
-                    if self.context is not None:
-                        try:
-                            ctx = self.context(frame)
-                        except Exception as e:  # a broken hook must not stop the watchdog
-                            ctx = {"context_error": repr(e)}
-                started = self.current = self._open(beat, now, stack, ctx)
-            ended, self._ended = self._ended, []
-            wait = self.interval if self.current is not None else deadline - now
-        if started is not None:
-            self._report(started, "started")
-        for stall in ended:
-            self._report(stall, "ended")
-        return max(wait, 0.0)
+        With `frame_of_loop=None` it detects nothing new (a final flush)."""
+        reports: list[tuple[Stall, str]] = []
+        while self._late:
+            prev, at, lag = self._late.popleft()
+            if self.current is not None and prev == self._current_beat:
+                reports.append((self._finish(self.current, lag), "ended"))
+            elif lag > self.threshold and prev != self._ended_beat:
+                # Late, yet the thread never saw it: it could not run (C code held the GIL).
+                reports.append((self._finish(self._open(prev, at, [], {}), lag), "ended"))
+        now, beat = time.monotonic(), self._beat
+        deadline = beat + self.interval + self.threshold
+        if self.current is None:
+            if frame_of_loop is not None and now > deadline:
+                self.current = self._open(beat, now, *self._capture(frame_of_loop()))
+                reports.append((self.current, "started"))
+        elif beat != self._current_beat and not self._late:
+            # The loop beat again but queued no tick for this stall: it checked `current` just
+            # before this thread set it. That tick (whose stamp is `beat`) ended the stall.
+            reports.append((self._finish(self.current, beat - self.current.started_at), "ended"))
+        for stall, phase in reports:
+            self._report(stall, phase)
+        return self.interval if self.current is not None else max(deadline - now, 0.0)
 
-    def _finish(self, stall: Stall, duration: float) -> None:
-        self.current = None
-        stall.final_duration = duration
-        self.stall_durations.observe(duration)
-        group = self.groups[stall.signature]
-        group.total_s += duration
-        group.max_s = max(group.max_s, duration)
-        self._ended.append(stall)
+    def _capture(self, frame: FrameType | None) -> tuple[list[FrameSummary], dict[str, Any]]:
+        if frame is None:
+            return [], {}
+        stack = traceback.StackSummary.extract(traceback.walk_stack(frame), lookup_lines=False)
+        ctx: dict[str, Any] = {}
+        if self.context is not None:
+            try:
+                ctx = self.context(frame)
+            except Exception as e:  # a broken hook must not stop the watchdog
+                ctx = {"context_error": repr(e)}
+        return stack[::-1], ctx  # walk_stack goes outward; innermost last, as usual
 
     def _open(self, beat: float, now: float, stack: list[FrameSummary], ctx: dict) -> Stall:
         signature = stack_signature(stack)
@@ -364,6 +354,16 @@ class StallTracker:
         if len(self.stalls) > self.keep:
             del self.stalls[: len(self.stalls) - self.keep]
         self._current_beat = beat
+        return stall
+
+    def _finish(self, stall: Stall, duration: float) -> Stall:
+        self.current = None
+        self._ended_beat = self._current_beat
+        stall.final_duration = duration
+        self.stall_durations.observe(duration)
+        group = self.groups[stall.signature]
+        group.total_s += duration
+        group.max_s = max(group.max_s, duration)
         return stall
 
     def _report(self, stall: Stall, phase: str) -> None:
@@ -460,9 +460,10 @@ class LoopWatchdog:
     for as long as the block runs.
 
     Entering starts a heartbeat task (in a task group the watchdog owns) and a daemon thread;
-    exiting cancels the heartbeat, wakes and joins the thread (it exits at once: it blocks on
-    nothing but a pipe and the GIL), and cancels the faulthandler timer. Stall reports (see
-    `StallTracker`) come from the thread, never from the loop.
+    exiting cancels the heartbeat, wakes the thread and waits (shielded, in a worker thread)
+    until it has flushed its last reports and exited, and cancels the faulthandler timer. Stall
+    reports (see `StallTracker`) come from the thread, never from the loop; the loop side
+    makes no blocking call.
 
     `threshold`: a heartbeat later than this is a stall. `interval`: the heartbeat period.
     A stall is detected at most `threshold + interval` after the loop blocked, plus the
@@ -551,7 +552,7 @@ class LoopWatchdog:
         try:
             await self._tg.__aenter__()
         except BaseException:
-            self._close()
+            await self._stop()
             raise
         self._tg.start_soon(self._heartbeat, name="loop-watchdog-heartbeat")
         return self
@@ -569,15 +570,16 @@ class LoopWatchdog:
             await self._tg.__aexit__(None, None, None)
             self.tracker.beat()  # the loop runs: end a stall the heartbeat had no tick to end
         finally:
-            self._close()
+            await self._stop()
 
-    def _close(self) -> None:
+    async def _stop(self) -> None:
         global _fallback_owner
         assert self._wake is not None and self._thread is not None
         self._stopping = True
         self._wake_thread()
-        if self._thread.is_alive():
-            self._thread.join()
+        with anyio.CancelScope(shield=True):  # the thread must be gone before its fds close
+            # It exits at once, but joining a thread is a blocking call: off the loop.
+            await anyio.to_thread.run_sync(self._thread.join)
         for fd in self._wake:
             os.close(fd)
         if self._timer is not None:
@@ -618,7 +620,7 @@ class LoopWatchdog:
 
     def _watch(self, loop_thread: int) -> None:
         """The watchdog thread: sleeps (GIL released) until the deadline timer expires, a
-        report is due or `_close` wakes it; polls every `interval` during a stall."""
+        report is due or `_stop` wakes it; polls every `interval` during a stall."""
         assert self._wake is not None
 
         def frame_of_loop() -> FrameType | None:
