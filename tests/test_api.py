@@ -224,6 +224,22 @@ def test_health_and_readiness(env):
     assert env["client"].get("/nope").json()["code"] == "not_found"
 
 
+def test_metrics_exposition_and_request_ids(env):
+    r = post(env, "/v1/events", {"name": "m"}, headers={"X-Request-ID": "req-42"})
+    assert r.headers["x-request-id"] == "req-42"
+    assert len(env["client"].get("/healthz").headers["x-request-id"]) == 32  # generated
+    time.sleep(0.1)  # a few watchdog ticks
+    text = env["client"].get("/metrics").text
+    for series in (
+        'analytics_http_requests_total{method="POST",route="/v1/events",scenario="none",'
+        'status="200"}',
+        "analytics_loop_lag_seconds_count",
+        'analytics_limiter_capacity{limiter="billing_sdk"}',
+        "analytics_writer_commit_seconds_count",
+    ):
+        assert series in text, series
+
+
 def test_cached_closed_ranges_never_serve_stale_counts_across_workers(fresh_dsn):
     """Two app instances on one database stand for two worker processes: B caches a closed
     range, A acknowledges a late event inside it, and B's very next read counts it."""

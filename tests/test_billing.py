@@ -166,7 +166,7 @@ def test_seeded_failures_are_reproducible(start_stub):
         httpx.post(f"{stub.base}/admin/reset", timeout=5).raise_for_status()
         stub.configure(fail_rate=0.5, seed=42)
         results = []
-        with client_for(stub, retries=0) as client:
+        with client_for(stub, retries=0, timeout_s=10) as client:
             for i in range(16):
                 try:
                     client.notify_usage(7, 1, START, END, f"k{i}")

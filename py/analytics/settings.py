@@ -79,6 +79,12 @@ class Settings:
     max_range_days: int = 92
     cache_entries: int = 2048
 
+    # Loop watchdog: a heartbeat later than the threshold is a stall, reported with the stack.
+    watchdog_threshold_s: float = 0.05
+    watchdog_interval_s: float = 0.01
+    #: faulthandler's C-level timer for stalls in C code holding the GIL (one per process).
+    watchdog_c_fallback: bool = True
+
     # Limiters.
     cpu_threads: int = 2
 

@@ -38,6 +38,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def prometheus(request: Request) -> Response:
-    """Prometheus exposition (aggregated over workers in multiprocess mode)."""
-    body, content_type = metrics.render()
+    """Prometheus exposition (aggregated over workers in multiprocess mode). Rendering reads
+    files (/proc, and the multiprocess files), so it runs under the `scrape` limiter."""
+    body, content_type = await request.app.state.runtime.offload.run("scrape", metrics.render)
     return Response(body, media_type=content_type)

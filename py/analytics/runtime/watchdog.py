@@ -455,6 +455,11 @@ class DeadlineTimer:
 _fallback_owner: object | None = None  # faulthandler's timer is process-global
 
 
+def c_fallback_in_use() -> bool:
+    """Whether some LoopWatchdog in this process already owns faulthandler's timer."""
+    return _fallback_owner is not None
+
+
 class LoopWatchdog:
     """`async with LoopWatchdog() as wd:` watches the running loop (asyncio, uvloop or trio)
     for as long as the block runs.
