@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from analytics.app import create_app
 from analytics.normalize import sign
+from analytics.runtime.flags import set_flag
 from analytics.settings import Settings
 from analytics.store.keys import create_customer, create_key
 
@@ -265,3 +266,28 @@ def test_cached_closed_ranges_never_serve_stale_counts_across_workers(fresh_dsn)
             assert total() == expected
             assert total() == expected
             assert cache.hits == hits + 1  # the second read came from the cache
+
+
+def test_enrichment_flag_switches_user_agent_parsing_at_run_time(env):
+    ua = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+    evs = [{"name": "visit", "properties": {"user_agent": ua}}]
+    assert post(env, "/v1/batch", {"events": evs}).json()["accepted"] == 1
+    flags = env["client"].app.state.runtime.flags
+
+    async def switch_off():
+        conn = await asyncpg.connect(env["dsn"])
+        try:
+            await set_flag(conn, "enrichment", False, datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    anyio.run(switch_off)
+    deadline = time.monotonic() + 10
+    while flags.enabled("enrichment") and time.monotonic() < deadline:
+        time.sleep(0.05)  # every worker picks the change up from NOTIFY
+    assert not flags.enabled("enrichment")
+    evs = [{"name": "visit", "properties": {"user_agent": ua}}, {"name": "visit"}]
+    assert post(env, "/v1/batch", {"events": evs}).json()["accepted"] == 2
+    grouped = metrics(env, event="visit", group_by="browser").json()
+    totals = {s["group"]: sum(p["value"] for p in s["points"]) for s in grouped["series"]}
+    assert totals == {"Firefox": 1}  # only the event written while enrichment was on

@@ -9,6 +9,7 @@ import anyio
 import asyncpg
 import pytest
 
+from analytics.pipeline.maintenance import sweep_dedup
 from analytics.settings import Settings
 from analytics.store.keys import create_customer, create_key, lookup_key, revoke_key
 from analytics.store.migrations import load_migrations, migrate
@@ -189,3 +190,20 @@ async def test_revoked_key_fails_lookup(conn: asyncpg.Connection) -> None:
         key.split("_")[2],
     )
     assert revoked_at == NOW
+
+
+async def test_dedup_sweep_keeps_a_week(fresh_dsn: str) -> None:
+    now = datetime.now(UTC)
+    pool = await create_pool(Settings(database_url=fresh_dsn, pool_min_size=1))
+    try:
+        await pool.executemany(
+            "INSERT INTO dedup (customer_id, dedup_key, first_seen) VALUES (1, $1, $2)",
+            [(f"old{i}", now - timedelta(days=9)) for i in range(25)]
+            + [(f"new{i}", now - timedelta(days=6)) for i in range(5)],
+        )
+        assert await sweep_dedup(pool, now, timedelta(days=8), batch=10) == 25
+        assert await pool.fetchval("SELECT count(*) FROM dedup") == 5
+        with pytest.raises(ValueError):
+            await sweep_dedup(pool, now, timedelta(days=6))
+    finally:
+        await pool.close()

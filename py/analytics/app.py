@@ -11,7 +11,7 @@ import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -28,6 +28,7 @@ from analytics.api.observe import Observe
 from analytics.billing.sdk import BillingClient
 from analytics.normalize import Limits
 from analytics.pipeline.billing import BillingDispatcher
+from analytics.pipeline.maintenance import run_maintenance
 from analytics.pipeline.writer import GroupCommitWriter
 from analytics.runtime import metrics
 from analytics.runtime.flags import Flags
@@ -91,6 +92,7 @@ def _runtime(settings: Settings, pool: asyncpg.Pool) -> Runtime:
             commit_timeout_s=settings.commit_timeout_s,
             connections=settings.writer_connections,
             usage_window_s=settings.billing_window_s,
+            enrich=functools.partial(flags.enabled, "enrichment"),
         ),
         offload=offload,
         keys=KeyCache(key_lookup),
@@ -152,9 +154,12 @@ def _export_stall(stall: Stall) -> None:
 
 
 @asynccontextmanager
-async def watch_loop(app: Starlette, settings: Settings) -> AsyncIterator[LoopWatchdog]:
+async def watch_loop(app: Starlette, settings: Settings) -> AsyncIterator[LoopWatchdog | None]:
     """The loop watchdog for the app's lifetime, its stall reports naming the request served."""
     context = app.state.request_context = RequestContext()
+    if not settings.watchdog_enabled:
+        yield None
+        return
     wd = LoopWatchdog(
         threshold=settings.watchdog_threshold_s,
         interval=settings.watchdog_interval_s,
@@ -218,6 +223,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             if rt.dispatcher is not None:
                 tg.start_soon(supervised, "billing dispatcher", rt.dispatcher.run)
             tg.start_soon(supervised, "metrics sampler", functools.partial(sample_gauges, rt))
+            retention = timedelta(days=settings.dedup_retention_days)
+            tg.start_soon(
+                supervised, "maintenance", functools.partial(run_maintenance, pool, retention)
+            )
             try:
                 yield
             finally:

@@ -73,6 +73,9 @@ class Settings:
     flag_enrichment: bool = True
     flag_signature_enforcement: bool = True
 
+    #: Dedup records live this long (at least 7 days): retries within it count once.
+    dedup_retention_days: float = 8.0
+
     # Query.
     dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
     max_buckets: int = 1500
@@ -80,6 +83,8 @@ class Settings:
     cache_entries: int = 2048
 
     # Loop watchdog: a heartbeat later than the threshold is a stall, reported with the stack.
+    #: Off only to measure its overhead.
+    watchdog_enabled: bool = True
     watchdog_threshold_s: float = 0.05
     watchdog_interval_s: float = 0.01
     #: faulthandler's C-level timer for stalls in C code holding the GIL (one per process).

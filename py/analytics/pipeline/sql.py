@@ -40,13 +40,41 @@ def check_dimension(dim: str) -> str:
     return dim
 
 
-def dimension_expr(dim: str, props: str = "properties") -> str:
+#: User-agent substrings to browser family, first match wins (order matters: Edge and Opera
+#: also say "Chrome", Chrome also says "Safari").
+UA_FAMILIES = (
+    ("edg/", "Edge"),
+    ("opr/", "Opera"),
+    ("firefox/", "Firefox"),
+    ("fxios/", "Firefox"),
+    ("chrome/", "Chrome"),
+    ("crios/", "Chrome"),
+    ("safari/", "Safari"),
+    ("bot", "Bot"),
+    ("spider", "Bot"),
+    ("crawl", "Bot"),
+)
+
+
+def _ua_family(props: str) -> str:
+    ua = f"lower({props}->>'user_agent')"
+    cases = " ".join(
+        f"WHEN strpos({ua}, '{needle}') > 0 THEN '{family}'" for needle, family in UA_FAMILIES
+    )
+    return f"(CASE {cases} END)"
+
+
+def dimension_expr(dim: str, props: str = "properties", *, enrich: bool = True) -> str:
     """SQL for a dimension's value of one event row.
 
     `referrer_host` is derived from the `referrer` URL; any other dimension is the flattened
-    property of that name.
+    property of that name. With `enrich`, `browser` falls back to the family read from the
+    `user_agent` property when the event names no browser (the `enrichment` flag's work).
     """
     check_dimension(dim)
+    if dim == "browser" and enrich:
+        value = f"coalesce({props}->>'browser', {props}->>'browser.name', {_ua_family(props)})"
+        return f"left({value}, {MAX_DIM_VALUE_CHARS})"
     if dim == "referrer_host":
         # scheme://[user@]host[:port][/?#...] -> host, with string functions (a regex per
         # row costs several times more in the writer's hot statement).
@@ -60,7 +88,7 @@ def dimension_expr(dim: str, props: str = "properties") -> str:
     return f"left({value}, {MAX_DIM_VALUE_CHARS})"
 
 
-def commit_sql(dimensions: tuple[str, ...]) -> str:
+def commit_sql(dimensions: tuple[str, ...], *, enrich: bool = True) -> str:
     """One statement: dedup, insert the new events, add rollup deltas, count per request.
 
     Parameters: $1 now (timestamptz), $2 request row offsets (bigint[], ascending, starting
@@ -73,7 +101,10 @@ def commit_sql(dimensions: tuple[str, ...]) -> str:
     req -1 (the count of cache-invalidation notifications sent).
     """
     dims = ",\n            ".join(
-        ["('', '')", *(f"('{d}', {dimension_expr(d, 'w.properties')})" for d in dimensions)]
+        [
+            "('', '')",
+            *(f"('{d}', {dimension_expr(d, 'w.properties', enrich=enrich)})" for d in dimensions),
+        ]
     )
     return f"""
 WITH base AS (

@@ -80,10 +80,13 @@ class GroupCommitWriter:
         commit_timeout_s: float = 5.0,
         connections: int = 2,
         usage_window_s: float = 60.0,
+        enrich: Callable[[], bool] = lambda: True,
         on_commit: Callable[[list[Ticket]], None] | None = None,
     ) -> None:
         self._connect = connect
-        self._sql = commit_sql(dimensions)
+        # The `enrichment` flag picks between the two statements at each commit.
+        self._sql = {e: commit_sql(dimensions, enrich=e) for e in (True, False)}
+        self._enrich = enrich
         self._send, self._receive = anyio.create_memory_object_stream[Ticket](inbox)
         self._max_rows = max_batch_rows
         self._window_s = window_s
@@ -225,7 +228,8 @@ class GroupCommitWriter:
             await conn.copy_to_table(
                 "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
             )
-            rows = await conn.fetch(self._sql, now, offsets, self._usage_window)
+            sql = self._sql[self._enrich()]
+            rows = await conn.fetch(sql, now, offsets, self._usage_window)
         return [(r["req"], r["inserted"]) for r in rows if r["req"] >= 0]
 
 
