@@ -362,3 +362,52 @@ def test_burst_and_mixed_rows_show_their_own_p99() -> None:
     assert "| 9.0 (burst 80.0) |" in md
     assert "| 9.0 (queries 4.5) |" in md
     assert "| service | ingest_single | 1,000 | 1.00 / 7.00 | commit_wait 0.90 / 6.50 |" in md
+
+
+def test_summarize_profile() -> None:
+    raw = "\n".join(
+        [
+            "run (asyncio/runners.py:118);_ingest (analytics/api/ingest.py:71) 30",
+            "run (asyncio/runners.py:118);app (starlette/routing.py:58) 50",
+            "run (asyncio/runners.py:118);handle (hypercorn/protocol/h11.py:255) 15",
+            "run (asyncio/runners.py:118) 5",
+            "garbage",
+        ]
+    )
+    got = lt.summarize_profile(raw, top=2)
+    assert got["samples"] == 100
+    assert got["by_group"] == {
+        "starlette": 0.5,
+        "analytics (this service)": 0.3,
+        "hypercorn + h11": 0.15,
+        "asyncio": 0.05,
+    }
+    assert got["top_self"] == [
+        {"frame": "app (starlette/routing.py:58)", "share": 0.5},
+        {"frame": "_ingest (analytics/api/ingest.py:71)", "share": 0.3},
+    ]
+    assert lt.summarize_profile("") == {}
+    md = lt.render_markdown([step(profile=got)], META)
+    assert (
+        "| service | ingest_single | 1,000 | 100 | starlette 50%, analytics (this service) 30%"
+        in md
+    )
+
+
+def test_stall_culprits_from_the_log() -> None:
+    log = b"\n".join(
+        [
+            b'{"event":"loop_stall","phase":"started","duration_s":0.06,"suppressed":0,'
+            b'"culprit":"/w/main/py/analytics/pipeline/writer.py:232 in _write"}',
+            b'{"event":"loop_stall","phase":"ended","duration_s":0.08,"suppressed":0,'
+            b'"culprit":"/w/main/py/analytics/pipeline/writer.py:232 in _write"}',
+            b'{"event":"loop_stall","phase":"started","duration_s":0.05,"suppressed":3,'
+            b'"culprit":"/x/lib/python3.11/asyncio/tasks.py:851 in shield"}',
+            b'{"msg":"access","scenario":"ingest_single","total_ms":1}',
+        ]
+    )
+    assert lt.stall_culprits(log, top=3) == [
+        {"line": "asyncio/tasks.py:851 in shield", "count": 4, "total_s": 0.05},
+        {"line": "py/analytics/pipeline/writer.py:232 in _write", "count": 1, "total_s": 0.06},
+    ]
+    assert lt.stall_culprits(b"", top=3) == []

@@ -192,13 +192,38 @@ def loop_figures(before: str, after: str) -> tuple[float | None, int | None]:
 
 def _short_path(where: str) -> str:
     """`.../lib/python3.11/asyncio/x.py:1 in f` → `asyncio/x.py:1 in f` (same for
-    site-packages); paths in the repository stay as they are."""
+    site-packages), `/any/checkout/py/analytics/x.py:1 in f` → `py/analytics/x.py:1 in f`."""
     for marker in ("/site-packages/", "/lib/python3"):
         at = where.rfind(marker)
         if at >= 0:
             rest = where[at + len(marker) :]
             return rest.split("/", 1)[1] if marker == "/lib/python3" else rest
+    for marker in ("/py/analytics/", "/benches/"):
+        at = where.rfind(marker)
+        if at >= 0:
+            return where[at + 1 :]
     return where
+
+
+def stall_culprits(log: bytes, top: int) -> list[dict[str, Any]]:
+    """The stalls a server logged (the watchdog's `loop_stall` records, phase "started"), by
+    culprit line, most frequent first; a record also stands for the stalls of its stack that
+    the log rate limit suppressed before it."""
+    lines: dict[str, dict[str, Any]] = {}
+    for raw in log.splitlines():
+        if b'"loop_stall"' not in raw:
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if rec.get("event") != "loop_stall" or rec.get("phase") != "started":
+            continue
+        label = _short_path(str(rec.get("culprit") or "(no stack captured while it lasted)"))
+        acc = lines.setdefault(label, {"line": label, "count": 0, "total_s": 0.0})
+        acc["count"] += 1 + int(rec.get("suppressed") or 0)
+        acc["total_s"] = round(acc["total_s"] + float(rec.get("duration_s") or 0.0), 6)
+    return sorted(lines.values(), key=lambda x: (-x["count"], -x["total_s"]))[:top]
 
 
 def blocking_delta(
@@ -253,6 +278,53 @@ def server_timings(log: bytes, scenario: str) -> dict[str, dict[str, float]]:
             "p99": round(percentile(v, 0.99) or 0.0, 3),
         }
         for name, v in samples.items()
+    }
+
+
+#: Where a sampled frame's code lives, by the first marker in its "func (file:line)" text.
+PROFILE_GROUPS = (
+    ("analytics/", "analytics (this service)"),
+    ("benches/casestudy/", "case-study variant"),
+    ("hypercorn/", "hypercorn + h11"),
+    ("h11/", "hypercorn + h11"),
+    ("starlette/", "starlette"),
+    ("asyncpg/", "asyncpg"),
+    ("psycopg", "psycopg"),
+    ("anyio/", "anyio"),
+    ("prometheus_client/", "prometheus_client"),
+    ("asyncio/", "asyncio"),
+    ("uvloop/", "asyncio"),
+    ("logging/", "logging"),
+    ("threading.py", "threads (waits, log and watchdog threads)"),
+    ("concurrent/", "threads (waits, log and watchdog threads)"),
+)
+
+
+def summarize_profile(raw: str, top: int = 8) -> dict[str, Any]:
+    """py-spy's raw (collapsed) output, `frame;frame;... count` per line, summed by where
+    the innermost frame's code lives (`by_group`, shares of all samples) and by innermost
+    function (`top_self`)."""
+    groups: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, n = line.rstrip().rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        leaf = stack.rsplit(";", 1)[-1]
+        group = next((name for marker, name in PROFILE_GROUPS if marker in leaf), "other")
+        groups[group] = groups.get(group, 0) + count
+        leaves[leaf] = leaves.get(leaf, 0) + count
+    if not total:
+        return {}
+    share = sorted(((k, round(v / total, 3)) for k, v in groups.items()), key=lambda kv: -kv[1])
+    tops = sorted(leaves.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "samples": total,
+        "by_group": dict(share),
+        "top_self": [{"frame": k, "share": round(v / total, 3)} for k, v in tops],
     }
 
 
@@ -348,6 +420,8 @@ class Step:
     cpu: dict[str, float] = field(default_factory=dict)
     #: The server's own timings (from its access log), by section: {"p50": ms, "p99": ms}.
     server_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: With --profile: py-spy samples of the server, by code group and hottest functions.
+    profile: dict[str, Any] = field(default_factory=dict)
     saturated: bool = False
 
     @property
@@ -426,7 +500,8 @@ def render_markdown(steps: Sequence[Step], meta: Mapping[str, Any]) -> str:
     if named:
         lines += [
             "",
-            "Stalls the loop watchdog named (`/debug/stalls`, per step):",
+            "Stalls the loop watchdog named during each step (from `/debug/stalls`, or from"
+            " the server's `loop_stall` log records where it has no such endpoint):",
             "",
             "| mode | scenario | offered req/s | stalls | top blocking lines (stalls) |",
             "|---|---|---|---|---|",
@@ -454,6 +529,23 @@ def render_markdown(steps: Sequence[Step], meta: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {s.mode} | {s.scenario} | {_offered(s)}"
                 f" | {_f(total.get('p50'), 2)} / {_f(total.get('p99'), 2)} | {sections} |"
+            )
+    profiled = [s for s in steps if s.profile]
+    if profiled:
+        lines += [
+            "",
+            "Where the server's CPU went (py-spy samples by the code of the innermost frame):",
+            "",
+            "| mode | scenario | offered req/s | samples | by code | hottest frame |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in profiled:
+            groups = ", ".join(f"{k} {v:.0%}" for k, v in list(s.profile["by_group"].items())[:6])
+            hot = s.profile["top_self"][0] if s.profile["top_self"] else None
+            hottest = f"`{hot['frame']}` {hot['share']:.0%}" if hot else ""
+            lines.append(
+                f"| {s.mode} | {s.scenario} | {_offered(s)} | {s.profile['samples']}"
+                f" | {groups} | {hottest} |"
             )
     headline = headlines(steps)
     if headline:
@@ -1052,6 +1144,47 @@ def run_k6(
     return data
 
 
+class Profiler:
+    """py-spy sampling the server's Python processes (the Hypercorn workers, or the server
+    itself without any) during a step, from the load generator's core, without pausing them
+    (`--nonblocking`: some stacks come out torn, a fair price for not perturbing the run)."""
+
+    def __init__(self, stack: Stack, seconds: int, opts: argparse.Namespace, out: Path) -> None:
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy"
+        )
+        if spy is None or not stack.procs:
+            return
+        server = stack.procs[-1].pid
+        stats = _proc_stats() if os.path.isdir("/proc") else {}
+        workers = [pid for pid, (ppid, _) in stats.items() if ppid == server] or [server]
+        for pid in workers:
+            raw = out / f"py-spy-{pid}.txt"
+            cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100"]
+            cmd += ["--nonblocking", "--format", "raw", "--output", str(raw)]
+            proc = subprocess.Popen(
+                pinned(opts.k6_cpus, cmd),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.procs.append((proc, raw))
+
+    def result(self) -> dict[str, Any]:
+        text = []
+        for proc, raw in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            with contextlib.suppress(OSError):
+                text.append(raw.read_text())
+                raw.unlink()
+        return summarize_profile("\n".join(text))
+
+
 def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, out: Path) -> Step:
     assert stack.keys is not None
     duration_s = step_duration(scenario, opts.duration)
@@ -1062,12 +1195,16 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
     log_from = server_log.stat().st_size
     cpu_before, t0 = tree_cpu(stack.cpu_roots()), time.monotonic()
     prober.start()
+    profiler = None
     try:
+        if opts.profile:
+            profiler = Profiler(stack, max(1, duration_s - 1), opts, out)
         data = run_k6(stack, scenario, rate, duration_s, opts, out)
         cpu_after, elapsed = tree_cpu(stack.cpu_roots()), time.monotonic() - t0
     finally:
         prober.join(timeout=opts.timeout + 5)
         prober.stop.set()
+        profile = profiler.result() if profiler is not None else {}
     # Share of one core over the step (k6 from its rusage; it ran for about `elapsed`).
     cpu = {
         k: round((cpu_after[k] - v) / elapsed, 2) for k, v in cpu_before.items() if k in cpu_after
@@ -1078,7 +1215,11 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
     k6 = parse_k6_summary(data)
     with open(server_log, "rb") as f:
         f.seek(log_from)
-        timings = server_timings(f.read(), scenario)
+        logged = f.read()
+    timings = server_timings(logged, scenario)
+    blocking = blocking_delta(stalls_before, stalls_after, opts.top_lines)
+    if blocking is None:  # no /debug/stalls: what the watchdog logged
+        blocking = stall_culprits(logged, opts.top_lines) or None
     k6.pop("run_s")
     k6.pop("events_accepted")
     lag, stalls = loop_figures(before, after)
@@ -1094,9 +1235,10 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
         fresh_p99_ms=_round(percentile(prober.results, 0.99), 1000),
         probes_ok=len(prober.results),
         probes=prober.attempts,
-        blocking=blocking_delta(stalls_before, stalls_after, opts.top_lines),
+        blocking=blocking,
         cpu=cpu,
         server_ms=timings,
+        profile=profile,
         **k6,
     )
     step.saturated = is_saturated(step)
@@ -1195,6 +1337,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-lines", type=int, default=3, help="blocking lines shown per step")
     p.add_argument("--no-sign", dest="sign", action="store_false", help="unsigned events")
     p.add_argument("--full-ladder", action="store_true", help="do not stop a ladder at saturation")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the server with py-spy during each step (where its CPU goes)",
+    )
     p.add_argument("--warmup", type=int, help="seconds of unrecorded load per mode (default 3)")
     p.add_argument("--out", type=Path, default=Path("benches/results"), help="results root")
 
