@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -61,14 +60,6 @@ ORDER BY created_at, customer_id, dispatch_id LIMIT $1
 """
 
 
-@dataclass
-class DispatchStats:
-    calls: int = 0
-    failures: int = 0
-    sent_events: int = 0
-    backlog: int = 0
-
-
 class BillingDispatcher:
     def __init__(
         self,
@@ -93,7 +84,6 @@ class BillingDispatcher:
         self._call_timeout_s = call_timeout_s
         self._max_backoff_s = max_backoff_s
         self._batch = batch
-        self.stats = DispatchStats()
 
     async def run(self) -> None:
         """Dispatch until cancelled; pauses while the `billing_dispatch` flag is off."""
@@ -121,7 +111,6 @@ class BillingDispatcher:
             await conn.execute(CLAIM_SQL, cutoff, self._window, self._batch * 10, now)
             await conn.execute(KEY_SQL)
         pending = await self._pool.fetch(PENDING_SQL, self._batch)
-        self.stats.backlog = len(pending)
         failures: list[BaseException] = []
         async with anyio.create_task_group() as tg:
             # Concurrency is bounded by the `billing_sdk` limiter inside `send`.
@@ -133,7 +122,6 @@ class BillingDispatcher:
         try:
             await self.send(row)
         except (BillingError, TimeoutError, OSError) as e:
-            self.stats.failures += 1
             metrics.billing_failures.inc()
             # Refused for good (e.g. 409: the key was used for other usage): parked for an
             # operator, never retried in a loop and never deleted.
@@ -161,7 +149,6 @@ class BillingDispatcher:
         if self._client is None:
             self._client = self._client_factory()
         client = self._client
-        self.stats.calls += 1
         metrics.billing_calls.inc()
         with anyio.fail_after(self._call_timeout_s):
             await self._offload.run(
@@ -180,4 +167,3 @@ class BillingDispatcher:
             row["dispatch_id"],
             datetime.now(UTC),
         )
-        self.stats.sent_events += row["count"]

@@ -57,14 +57,6 @@ class Ticket:
     error: BaseException | None = None
 
 
-@dataclass
-class CommitStats:
-    commits: int = 0
-    rows: int = 0
-    last_batch_rows: int = 0
-    last_commit_s: float = 0.0
-
-
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
@@ -81,7 +73,6 @@ class GroupCommitWriter:
         connections: int = 2,
         usage_window_s: float = 60.0,
         enrich: Callable[[], bool] = lambda: True,
-        on_commit: Callable[[list[Ticket]], None] | None = None,
     ) -> None:
         self._connect = connect
         # The `enrichment` flag picks between the two statements at each commit.
@@ -91,10 +82,8 @@ class GroupCommitWriter:
         self._max_rows = max_batch_rows
         self._window_s = window_s
         self._timeout_s = commit_timeout_s
-        self._on_commit = on_commit
         self._lanes = max(1, connections)
         self._usage_window = timedelta(seconds=usage_window_s)
-        self.stats = CommitStats()
         #: Set when `run` has returned: everything accepted was committed (or failed).
         self.closed = anyio.Event()
 
@@ -206,16 +195,10 @@ class GroupCommitWriter:
                 raise
             return
         elapsed = time.perf_counter() - started
-        self.stats.commits += 1
-        self.stats.rows += total
-        self.stats.last_batch_rows = total
-        self.stats.last_commit_s = elapsed
         metrics.writer_batch_rows.observe(total)
         metrics.writer_commit_seconds.observe(elapsed)
         for req, inserted in counts:
             batch[req].inserted = inserted
-        if self._on_commit is not None:
-            self._on_commit(batch)
         for ticket in batch:
             ticket.done.set()
 
