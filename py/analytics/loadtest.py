@@ -591,7 +591,7 @@ def headlines(steps: Sequence[Step]) -> list[str]:
                 lag = f", loop lag p99 {_f(best.lag_p99_ms)} ms" if best.lag_p99_ms else ""
                 parts.append(
                     f"ingest_single held {best.offered_rps:,.0f} req/s at p99"
-                    f" {_f(best.p99_ms)} ms{lag}, {best.stalls or 0} stalls"
+                    f" {_f(best.p99_ms)} ms{lag}, {_stalls(best.stalls)}"
                 )
             else:
                 parts.append(f"ingest_single: no step at p99 ≤ {TARGET_SINGLE_P99_MS:.0f} ms")
@@ -607,6 +607,12 @@ def headlines(steps: Sequence[Step]) -> list[str]:
         if parts:
             out.append(f"- **{mode}**: " + "; ".join(parts))
     return out
+
+
+def _stalls(n: int | None) -> str:
+    if n is None:
+        return "stalls n/a"
+    return f"{n} stall" + ("" if n == 1 else "s")
 
 
 def describe(meta: Mapping[str, Any]) -> str:
