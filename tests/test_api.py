@@ -88,7 +88,9 @@ def test_single_event_round_trip(env):
     r = post(env, "/v1/events", {"name": "Page View", "properties": {"path": "/home"}})
     assert r.status_code == 200, r.text
     assert r.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
-    m = metrics(env, event="page view", interval="hour")
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    window = {"from": iso(hour - timedelta(hours=2)), "to": iso(hour + timedelta(hours=1))}
+    m = metrics(env, event="page view", interval="hour", **window)
     assert m.status_code == 200, m.text
     body = m.json()
     assert sum(p["value"] for p in body["series"][0]["points"]) == 1
