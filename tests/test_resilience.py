@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import asyncpg
 import httpx2 as httpx
+import pytest
 
 from serverproc import free_port, running_server, running_stub
 
@@ -144,9 +145,14 @@ def test_slow_billing_never_slows_ingestion(blank_dsn):
     assert max(latencies) < 0.5, max(latencies)
 
 
-def test_full_writer_inbox_answers_503_at_once(blank_dsn):
+@pytest.mark.parametrize(
+    "cap",
+    [{"ANALYTICS_WRITER_INBOX": "1"}, {"ANALYTICS_WRITER_INBOX_ROWS": "5"}],
+    ids=["requests", "rows"],
+)
+def test_full_writer_inbox_answers_503_at_once(blank_dsn, cap):
     env = {
-        "ANALYTICS_WRITER_INBOX": "1",
+        **cap,
         "ANALYTICS_WRITER_CONNECTIONS": "1",
         "ANALYTICS_WRITER_WINDOW_S": "0",
         "ANALYTICS_COMMIT_TIMEOUT_S": "30",

@@ -87,6 +87,7 @@ def _runtime(settings: Settings, pool: asyncpg.Pool) -> Runtime:
             direct,
             settings.dimensions,
             inbox=settings.writer_inbox,
+            inbox_rows=settings.writer_inbox_rows,
             max_batch_rows=settings.writer_max_batch_rows,
             window_s=settings.writer_window_s,
             commit_timeout_s=settings.commit_timeout_s,

@@ -27,7 +27,11 @@ async def readyz(request: Request) -> Response:
     watchdog = getattr(request.app.state, "watchdog", None)
     if watchdog is not None and watchdog.in_stall:
         return error_response(503, "loop_stalled", "the event loop is stalled")
-    if rt.writer.depth > INBOX_HIGH_WATER * rt.settings.writer_inbox:
+    fill = max(
+        rt.writer.depth / rt.settings.writer_inbox,
+        rt.writer.queued_rows / rt.settings.writer_inbox_rows,
+    )
+    if fill > INBOX_HIGH_WATER:
         return error_response(503, "writer_saturated", "the writer inbox is nearly full")
     try:
         with anyio.fail_after(1.0):

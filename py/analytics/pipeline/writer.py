@@ -67,6 +67,7 @@ class GroupCommitWriter:
         dimensions: tuple[str, ...],
         *,
         inbox: int = 256,
+        inbox_rows: int = 20_000,
         max_batch_rows: int = 20_000,
         window_s: float = 0.0,
         commit_timeout_s: float = 5.0,
@@ -80,6 +81,10 @@ class GroupCommitWriter:
         self._enrich = enrich
         self._send, self._receive = anyio.create_memory_object_stream[Ticket](inbox)
         self._max_rows = max_batch_rows
+        # Requests bound the inbox's length, rows bound its work: 256 batches of 500 would
+        # queue seconds of commits, so callers would time out with rows still to commit.
+        self._inbox_rows = inbox_rows
+        self._queued_rows = 0
         self._window_s = window_s
         self._timeout_s = commit_timeout_s
         self._lanes = max(1, connections)
@@ -92,20 +97,31 @@ class GroupCommitWriter:
         """Tickets waiting in the inbox."""
         return self._send.statistics().current_buffer_used
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in the inbox."""
+        return self._queued_rows
+
     async def submit(self, payload: bytes, rows: int) -> tuple[int, int]:
         """Queue `rows` COPY tuples and wait for their commit; returns (inserted, duplicates).
 
-        Raises `Overloaded` when the inbox is full and `WriteFailed` when the commit failed.
+        Raises `Overloaded` when the inbox is full (in requests, or in rows: a request larger
+        than the row cap is still taken when the inbox is empty) and `WriteFailed` when the
+        commit failed.
         If the caller is cancelled while waiting, the rows may still commit (and a retry is
         then counted as a duplicate).
         """
         ticket = Ticket(payload, rows)
+        if self._queued_rows and self._queued_rows + rows > self._inbox_rows:
+            raise Overloaded
         try:
             self._send.send_nowait(ticket)
         except anyio.WouldBlock:
             raise Overloaded from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise Overloaded from None
+        # No await since the send: the lane that takes the ticket subtracts these rows after.
+        self._queued_rows += rows
         await ticket.done.wait()
         if ticket.error is not None:
             raise WriteFailed(str(ticket.error)) from ticket.error
@@ -155,23 +171,25 @@ class GroupCommitWriter:
             rows += ticket.rows
         return batch
 
-    @staticmethod
-    async def _take(inbox: MemoryObjectReceiveStream[Ticket], within_s: float) -> Ticket | None:
+    async def _take(
+        self, inbox: MemoryObjectReceiveStream[Ticket], within_s: float
+    ) -> Ticket | None:
         """A ticket already waiting, or one arriving within `within_s`; None otherwise."""
+        ticket = None
         try:
-            return inbox.receive_nowait()
+            ticket = inbox.receive_nowait()
         except anyio.WouldBlock:
-            pass
+            if within_s > 0:
+                with anyio.move_on_after(within_s):
+                    try:
+                        ticket = await inbox.receive()
+                    except anyio.EndOfStream:
+                        pass
         except anyio.EndOfStream:
-            return None
-        if within_s <= 0:
-            return None
-        with anyio.move_on_after(within_s):
-            try:
-                return await inbox.receive()
-            except anyio.EndOfStream:
-                return None
-        return None
+            pass
+        if ticket is not None:
+            self._queued_rows -= ticket.rows
+        return ticket
 
     async def _commit(self, lane: _Lane, batch: list[Ticket]) -> None:
         offsets, total = [], 0
