@@ -57,10 +57,6 @@ fn chars(s: &str) -> usize {
     }
 }
 
-fn absent(v: Option<&J>) -> bool {
-    matches!(v, None | Some(J::Null))
-}
-
 /// Validates `event` (already within the size cap) and appends its COPY tuple to `out`; on rejection `out` is unchanged.
 pub fn encode(
     event: &J,
@@ -87,7 +83,7 @@ pub fn encode(
         "event_id",
     )?;
     let client_ts = match field("ts") {
-        v if absent(v) => None,
+        None | Some(J::Null) => None,
         Some(v) => match time::from_json(v) {
             Some(us) => Some(us),
             None => {
@@ -97,7 +93,6 @@ pub fn encode(
                 )
             }
         },
-        None => None,
     };
     let (ts, mut flags) = event_time(client_ts, ctx)?;
     let user_id = bounded_text(
@@ -108,18 +103,16 @@ pub fn encode(
         "user_id",
     )?;
     let value = match field("value") {
-        v if absent(v) => None,
+        None | Some(J::Null) => None,
         Some(J::I64(v)) => Some(*v as f64),
         Some(J::U64(v)) => Some(*v as f64),
         Some(J::F64(v)) => Some(*v),
         Some(_) => return reject("invalid_value", "value must be a number"),
-        None => None,
     };
     let properties = match field("properties") {
-        v if absent(v) => Vec::new(),
+        None | Some(J::Null) => Vec::new(),
         Some(J::Obj(pairs)) => flatten(pairs, limits)?,
         Some(_) => return reject("invalid_properties", "properties must be an object"),
-        None => Vec::new(),
     };
 
     let fingerprint_key;
@@ -165,7 +158,7 @@ fn first_duplicate<'k>(keys: impl Iterator<Item = &'k str>) -> Option<&'k str> {
 /// Trim, collapse inner whitespace to one space, lowercase.
 pub fn normalize_name(v: Option<&J>, limits: &Limits) -> Result<String, EventError> {
     let raw = match v {
-        v if absent(v) => return reject("missing_name", "name is required"),
+        None | Some(J::Null) => return reject("missing_name", "name is required"),
         Some(J::Str(s)) => s,
         _ => return reject("invalid_name", "name must be a string"),
     };
@@ -204,7 +197,7 @@ fn bounded_text<'j>(
     what: &str,
 ) -> Result<Option<Cow<'j, str>>, EventError> {
     let s: Cow<str> = match v {
-        v if absent(v) => return Ok(None),
+        None | Some(J::Null) => return Ok(None),
         Some(J::Str(s)) => Cow::Borrowed(s.trim_matches(is_ws)),
         Some(J::I64(i)) if integers => Cow::Owned(i.to_string()),
         Some(J::U64(u)) if integers => Cow::Owned(u.to_string()),

@@ -103,10 +103,7 @@ pub fn verify(
     if t.saturating_sub(now_s) > tolerance_s {
         return Err(SignatureError::Future);
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(t_text.as_bytes());
-    mac.update(b".");
-    mac.update(body);
+    let mac = signed_payload_mac(secret, t_text, body);
     // Every candidate is checked (no early exit), each with hmac's constant-time comparison.
     let matched = macs.iter().fold(false, |acc, candidate| {
         acc | mac.clone().verify_slice(candidate).is_ok()
@@ -118,13 +115,18 @@ pub fn verify(
     }
 }
 
-/// The header value for `body` signed at `t` (for clients, tests and load scripts).
-pub fn sign(secret: &[u8], body: &[u8], t: i64) -> String {
+/// HMAC-SHA256(secret) fed with `"<t>." + body`, ready to finalize or verify.
+fn signed_payload_mac(secret: &[u8], t: &str, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(t.to_string().as_bytes());
+    mac.update(t.as_bytes());
     mac.update(b".");
     mac.update(body);
-    let hex: String = mac
+    mac
+}
+
+/// The header value for `body` signed at `t` (for clients, tests and load scripts).
+pub fn sign(secret: &[u8], body: &[u8], t: i64) -> String {
+    let hex: String = signed_payload_mac(secret, &t.to_string(), body)
         .finalize()
         .into_bytes()
         .iter()
