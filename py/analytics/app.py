@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import anyio
 import asyncpg
@@ -37,7 +36,7 @@ from analytics.runtime.logs import DroppingQueueHandler, configure_logging
 from analytics.runtime.offload import Offload
 from analytics.runtime.ratelimit import TokenBuckets
 from analytics.runtime.supervise import supervised
-from analytics.runtime.watchdog import LoopWatchdog, RequestContext, Stall, c_fallback_in_use
+from analytics.runtime.watchdog import RequestContext, watch_loop
 from analytics.settings import Settings
 from analytics.store.keys import KeyInfo, lookup_key
 from analytics.store.partitions import ensure_partitions
@@ -130,50 +129,6 @@ def _runtime(settings: Settings, pool: asyncpg.Pool) -> Runtime:
     return rt
 
 
-class _TeeHistogram:
-    """Feeds the watchdog's own histogram and a Prometheus one from the same observations."""
-
-    def __init__(self, *targets: Any) -> None:
-        self._targets = targets
-
-    def observe(self, value: float) -> None:
-        for target in self._targets:
-            target.observe(value)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._targets[0], name)
-
-
-def _export_stall(stall: Stall) -> None:
-    """`on_stall`, in the watchdog thread: Prometheus' counters are thread-safe."""
-    if stall.ended:
-        metrics.loop_stalls.inc()
-        metrics.loop_stall_duration.observe(stall.duration)
-        metrics.loop_stalled.set(0)
-    else:
-        metrics.loop_stalled.set(1)
-
-
-@asynccontextmanager
-async def watch_loop(app: Starlette, settings: Settings) -> AsyncIterator[LoopWatchdog | None]:
-    """The loop watchdog for the app's lifetime, its stall reports naming the request served."""
-    context = app.state.request_context = RequestContext()
-    if not settings.watchdog_enabled:
-        yield None
-        return
-    wd = LoopWatchdog(
-        threshold=settings.watchdog_threshold_s,
-        interval=settings.watchdog_interval_s,
-        on_stall=_export_stall,
-        context=context,
-        c_fallback=settings.watchdog_c_fallback and not c_fallback_in_use(),
-    )
-    wd.tracker.lag = _TeeHistogram(wd.tracker.lag, metrics.loop_lag)
-    async with wd:
-        app.state.watchdog = wd
-        yield wd
-
-
 OUTBOX_PENDING_SQL = """
 SELECT (SELECT count(*) FROM usage_outbox WHERE dispatch_id IS NULL)
      + (SELECT count(*) FROM usage_dispatch WHERE sent_at IS NULL AND failed_at IS NULL)
@@ -217,7 +172,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await ensure_partitions(conn, datetime.now(UTC))
             await rt.flags.load(conn)
         listen = functools.partial(connect, settings.listen_url, settings)
-        async with watch_loop(app, settings), anyio.create_task_group() as tg:
+        app.state.request_context = RequestContext()
+        async with (
+            watch_loop(settings, app.state.request_context) as app.state.watchdog,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(supervised, "feature flags", functools.partial(rt.flags.run, listen))
             await tg.start(rt.invalidator.run, name="cache invalidation listener")
             await tg.start(rt.writer.run, name="group-commit writer")

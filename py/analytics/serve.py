@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -20,27 +16,25 @@ import asyncpg
 from hypercorn.config import Config
 from hypercorn.run import run
 
+from analytics.billing import stub as billing_stub
 from analytics.settings import Settings
+from analytics.store.bootstrap import customer_with_keys, has_customers, prepare
 from analytics.store.embedded import resolve_database
-from analytics.store.keys import create_customer, create_key
-from analytics.store.migrations import migrate
 
 
 async def _prepare(dsn: str) -> list[str]:
     """Apply migrations; on the very first start create a demo customer and its keys."""
     conn = await asyncpg.connect(dsn)
     try:
-        await migrate(conn)
-        if await conn.fetchval("SELECT count(*) FROM customers"):
-            return []
         now = datetime.now(UTC)
-        customer = await create_customer(conn, "demo", now)
-        write = await create_key(conn, customer, {"write"}, False, now)
-        read = await create_key(conn, customer, {"read"}, False, now)
+        await prepare(conn, now)
+        if await has_customers(conn):
+            return []
+        demo = await customer_with_keys(conn, "demo", now)
         return [
             "Created the demo customer (shown once, keep them):",
-            f"  write key: {write.key}",
-            f"  read key:  {read.key}",
+            f"  write key: {demo.write.key}",
+            f"  read key:  {demo.read.key}",
         ]
     finally:
         await conn.close()
@@ -63,33 +57,15 @@ def hypercorn_config(settings: Settings, worker_class: str) -> Config:
     return config
 
 
-def _start_billing_stub(latency_ms: int) -> tuple[subprocess.Popen, str]:
-    """The development billing service on a free local port (for `BILLING_URL` unset)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "analytics.billing.stub", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--latency-ms", str(latency_ms)])
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the billing stub did not start")
-
-
 def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
     settings = resolve_database(settings)
     for line in anyio.run(_prepare, settings.database_url):
         print(line, flush=True)
     stub = None
     if not settings.billing_url:
-        stub, url = _start_billing_stub(stub_latency_ms)
-        settings = replace(settings, billing_url=url)
-        print(f"billing stub on {url} (set BILLING_URL to use a real billing service)")
+        stub = billing_stub.spawn(stub_latency_ms)
+        settings = replace(settings, billing_url=stub.url)
+        print(f"billing stub on {stub.url} (set BILLING_URL to use a real billing service)")
     # Workers (separate processes) build their app from the environment, and share their
     # metrics through prometheus-client's multiprocess files (cleared for this run).
     prom_dir = settings.data_dir.resolve() / "prometheus"
@@ -105,8 +81,7 @@ def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int
         run(hypercorn_config(settings, worker_class))
     finally:
         if stub is not None:
-            stub.terminate()
-            stub.wait(timeout=10)
+            stub.stop()
     return 0
 
 

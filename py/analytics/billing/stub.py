@@ -26,6 +26,10 @@ import math
 import os
 import random
 import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -247,6 +251,56 @@ def run_stub(
         await serve(app, config, shutdown_trigger=until_signal)
 
     anyio.run(main, backend="asyncio")
+
+
+@dataclass
+class StubProcess:
+    """A billing stub running in its own process (see `spawn`)."""
+
+    proc: subprocess.Popen
+    url: str
+
+    def stop(self, timeout_s: float = 10) -> None:
+        """SIGTERM (a graceful stop), SIGKILL if it has not exited within `timeout_s`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (another process may still take it first)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def spawn(
+    latency_ms: float = 20,
+    *args: str,
+    port: int | None = None,
+    ready_s: float = 10.0,
+    **popen: Any,
+) -> StubProcess:
+    """Start the stub in a child process (`args` are more CLI flags, `popen` goes to Popen) on
+    `port` or a free one, and return once it accepts connections. Blocking: call it before the
+    event loop starts, or through a thread offload."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "analytics.billing.stub", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--latency-ms", str(latency_ms), *args], **popen)
+    stub = StubProcess(proc, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + ready_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return stub
+        except OSError:
+            time.sleep(0.05)
+    stub.stop(timeout_s=2)
+    raise RuntimeError(f"the billing stub did not start on port {port}")
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,6 @@ and `RequestContext` (which request the blocked code serves).
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import ctypes
 import faulthandler
@@ -36,7 +35,8 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from traceback import FrameSummary
 from types import FrameType, TracebackType
@@ -46,58 +46,14 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from analytics.runtime import metrics
+from analytics.runtime.histogram import Histogram
+from analytics.settings import Settings
+
 log = logging.getLogger(__name__)
 
 #: Frames whose file lives under this directory are ours, and are marked in stall reports.
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-#: Default bucket upper bounds, in seconds (Prometheus `le` labels).
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class Histogram:
-    """A fixed-bucket histogram of seconds, shaped like a Prometheus histogram.
-
-    `buckets` is `[(upper_bound, cumulative_count), ...]` ending with `(math.inf, count)`;
-    a value `v` is counted in every bucket with `v <= upper_bound`. `count` and `sum` are the
-    number and total of observed values. `observe` is O(log buckets), allocation-free, and
-    meant for one writer thread; readers on other threads may see `count`, `sum` and the
-    buckets one observation apart, never a torn value.
-    """
-
-    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
-        self.bounds = tuple(sorted(bounds))
-        self._counts = [0] * (len(self.bounds) + 1)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self._counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.sum += value
-
-    @property
-    def buckets(self) -> list[tuple[float, int]]:
-        out, total = [], 0
-        for bound, n in zip((*self.bounds, math.inf), self._counts, strict=True):
-            total += n
-            out.append((bound, total))
-        return out
-
-    def quantile(self, q: float) -> float:
-        """Estimate the `q` quantile (0..1) as Prometheus' `histogram_quantile` does: linear
-        within the bucket holding it, the highest finite bound if it falls in the +Inf bucket,
-        NaN when empty."""
-        if not self.count:
-            return math.nan
-        rank, lower, below = q * self.count, 0.0, 0
-        for bound, cumulative in self.buckets:
-            if cumulative >= rank and cumulative > below:
-                if math.isinf(bound):
-                    return lower
-                return lower + (bound - lower) * (rank - below) / (cumulative - below)
-            lower, below = bound, cumulative
-        return lower
 
 
 @dataclass(eq=False)
@@ -661,3 +617,48 @@ def _fileno_file(file: TextIO) -> TextIO:
             raise
         return sys.__stderr__
     return file
+
+
+class _TeeHistogram:
+    """Feeds the watchdog's own histogram and a Prometheus one from the same observations."""
+
+    def __init__(self, *targets: Any) -> None:
+        self._targets = targets
+
+    def observe(self, value: float) -> None:
+        for target in self._targets:
+            target.observe(value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._targets[0], name)
+
+
+def _export_stall(stall: Stall) -> None:
+    """`on_stall`, in the watchdog thread: Prometheus' counters are thread-safe."""
+    if stall.ended:
+        metrics.loop_stalls.inc()
+        metrics.loop_stall_duration.observe(stall.duration)
+        metrics.loop_stalled.set(0)
+    else:
+        metrics.loop_stalled.set(1)
+
+
+@asynccontextmanager
+async def watch_loop(
+    settings: Settings, context: RequestContext
+) -> AsyncIterator[LoopWatchdog | None]:
+    """The loop watchdog for an app's lifetime (None when disabled), its stall reports naming
+    the request `context` says is being served, its figures exported to Prometheus."""
+    if not settings.watchdog_enabled:
+        yield None
+        return
+    wd = LoopWatchdog(
+        threshold=settings.watchdog_threshold_s,
+        interval=settings.watchdog_interval_s,
+        on_stall=_export_stall,
+        context=context,
+        c_fallback=settings.watchdog_c_fallback and not c_fallback_in_use(),
+    )
+    wd.tracker.lag = _TeeHistogram(wd.tracker.lag, metrics.loop_lag)
+    async with wd:
+        yield wd

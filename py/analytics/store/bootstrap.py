@@ -1,0 +1,55 @@
+"""A database made ready to serve: schema, partitions, and a customer with its keys.
+
+One sequence for `analytics serve`, the `migrate` and `keys` commands, the load harness and the
+tests, so "a working database" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from analytics.store.keys import CreatedKey, create_customer, create_key
+from analytics.store.migrations import migrate
+from analytics.store.partitions import ensure_partitions
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare` did: migrations applied and partitions created (both may be empty)."""
+
+    migrations: list[str]
+    partitions: list[str]
+
+
+@dataclass(frozen=True)
+class CustomerKeys:
+    """A customer and one write and one read key for it (shown to the user once)."""
+
+    customer_id: int
+    write: CreatedKey
+    read: CreatedKey
+
+
+async def prepare(conn: asyncpg.Connection, now: datetime) -> Prepared:
+    """Apply pending migrations, then create the event partitions around `now`. Idempotent."""
+    applied = await migrate(conn)
+    return Prepared(applied, await ensure_partitions(conn, now))
+
+
+async def has_customers(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM customers)"))
+
+
+async def customer_with_keys(
+    conn: asyncpg.Connection, name: str, now: datetime, *, signing: bool = False
+) -> CustomerKeys:
+    """The customer `name` (created if missing) with a new write key (signed if `signing`)
+    and a new read key, in one transaction."""
+    async with conn.transaction():
+        customer_id = await create_customer(conn, name, now)
+        write = await create_key(conn, customer_id, {"write"}, signing, now)
+        read = await create_key(conn, customer_id, {"read"}, False, now)
+    return CustomerKeys(customer_id, write, read)
