@@ -12,8 +12,8 @@ import anyio
 import pytest
 
 from analytics.runtime.flags import Flags
-from analytics.runtime.invalidation import QueryCache, entry
 from analytics.runtime.offload import Offload
+from analytics.runtime.querycache import Entry, QueryCache
 from analytics.runtime.ratelimit import TokenBuckets
 from analytics.runtime.supervise import supervised
 
@@ -139,12 +139,12 @@ def test_query_cache_invalidates_overlapping_ranges_only():
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     cache = QueryCache()
     gen = cache.generation(1, "x")
-    cache.put("a", entry(1, "x", t0, t0 + timedelta(hours=1), b"A"), gen)
-    cache.put("b", entry(1, "x", t0 + timedelta(hours=2), t0 + timedelta(hours=3), b"B"), gen)
-    cache.put("c", entry(2, "x", t0, t0 + timedelta(hours=1), b"C"), gen)
+    cache.put("a", Entry.of(1, "x", t0, t0 + timedelta(hours=1), b"A"), gen)
+    cache.put("b", Entry.of(1, "x", t0 + timedelta(hours=2), t0 + timedelta(hours=3), b"B"), gen)
+    cache.put("c", Entry.of(2, "x", t0, t0 + timedelta(hours=1), b"C"), gen)
     inside = int((t0 + timedelta(minutes=30)).timestamp() * 1e6)
     cache.invalidate(1, "x", inside, inside)
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, b"B", b"C")
     # A result computed before an invalidation is not stored after it.
-    cache.put("a", entry(1, "x", t0, t0 + timedelta(hours=1), b"old"), gen)
+    cache.put("a", Entry.of(1, "x", t0, t0 + timedelta(hours=1), b"old"), gen)
     assert cache.get("a") is None

@@ -20,13 +20,11 @@ from typing import Any
 import anyio
 import asyncpg
 
-from analytics.runtime.flags import NAMES as FLAG_NAMES
-from analytics.runtime.flags import set_flag
-from analytics.settings import Settings
+from analytics.settings import FLAG_NAMES, Settings
+from analytics.store.bootstrap import create_customer_key, prepare
 from analytics.store.embedded import resolve_database
-from analytics.store.keys import SCOPES, create_customer, create_key, revoke_key, validate_scopes
-from analytics.store.migrations import migrate
-from analytics.store.partitions import ensure_partitions
+from analytics.store.flags import list_overrides, set_flag
+from analytics.store.keys import SCOPES, revoke_key, validate_scopes
 from analytics.store.pool import connect
 
 Subparsers = Any  # argparse's _SubParsersAction, which is private
@@ -57,19 +55,17 @@ def with_connection(command: ConnCommand) -> Callable[[argparse.Namespace], int]
 
 
 async def _migrate(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
-    applied = await migrate(conn)
-    print(f"applied: {', '.join(applied)}" if applied else "schema up to date")
-    created = await ensure_partitions(conn, datetime.now(UTC))
-    if created:
-        print(f"partitions created: {', '.join(created)}")
+    done = await prepare(conn, datetime.now(UTC))
+    print(f"applied: {', '.join(done.migrations)}" if done.migrations else "schema up to date")
+    if done.partitions:
+        print(f"partitions created: {', '.join(done.partitions)}")
     return 0
 
 
 async def _keys_create(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
-    now = datetime.now(UTC)
-    async with conn.transaction():
-        customer_id = await create_customer(conn, args.customer, now)
-        created = await create_key(conn, customer_id, args.scopes, args.signing, now)
+    customer_id, created = await create_customer_key(
+        conn, args.customer, args.scopes, args.signing, datetime.now(UTC)
+    )
     if args.json:
         print(
             json.dumps(
@@ -98,16 +94,14 @@ async def _keys_revoke(conn: asyncpg.Connection, args: argparse.Namespace) -> in
 
 
 async def _flags_list(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    rows = {r["name"]: r for r in await conn.fetch("SELECT * FROM feature_flags")}
+    defaults = Settings.from_env().flag_defaults()
+    overrides = await list_overrides(conn)
     for name in FLAG_NAMES:
-        row = rows.get(name)
-        if row is None:
-            default = getattr(settings, f"flag_{name}")
-            print(f"{name:24s} {'on' if default else 'off':4s} (default)")
+        if name not in overrides:
+            print(f"{name:24s} {'on' if defaults[name] else 'off':4s} (default)")
         else:
-            state, since = "on" if row["enabled"] else "off", row["updated_at"]
-            print(f"{name:24s} {state:4s} (set {since:%Y-%m-%d %H:%M:%S})")
+            enabled, since = overrides[name]
+            print(f"{name:24s} {'on' if enabled else 'off':4s} (set {since:%Y-%m-%d %H:%M:%S})")
     return 0
 
 

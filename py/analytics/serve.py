@@ -12,32 +12,30 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import anyio
-import asyncpg
 from hypercorn.config import Config
 from hypercorn.run import run
 
 from analytics.billing import stub as billing_stub
 from analytics.settings import Settings
-from analytics.store.bootstrap import customer_with_keys, has_customers, prepare
+from analytics.store.bootstrap import first_start
 from analytics.store.embedded import resolve_database
+from analytics.store.pool import connect
 
 
-async def _prepare(dsn: str) -> list[str]:
+async def _prepare(settings: Settings) -> list[str]:
     """Apply migrations; on the very first start create a demo customer and its keys."""
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(settings.database_url, settings)
     try:
-        now = datetime.now(UTC)
-        await prepare(conn, now)
-        if await has_customers(conn):
-            return []
-        demo = await customer_with_keys(conn, "demo", now)
-        return [
-            "Created the demo customer (shown once, keep them):",
-            f"  write key: {demo.write.key}",
-            f"  read key:  {demo.read.key}",
-        ]
+        demo = await first_start(conn, datetime.now(UTC))
     finally:
         await conn.close()
+    if demo is None:
+        return []
+    return [
+        "Created the demo customer (shown once, keep them):",
+        f"  write key: {demo.write.key}",
+        f"  read key:  {demo.read.key}",
+    ]
 
 
 def hypercorn_config(settings: Settings, worker_class: str) -> Config:
@@ -59,7 +57,7 @@ def hypercorn_config(settings: Settings, worker_class: str) -> Config:
 
 def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
     settings = resolve_database(settings)
-    for line in anyio.run(_prepare, settings.database_url):
+    for line in anyio.run(_prepare, settings):
         print(line, flush=True)
     stub = None
     if not settings.billing_url:

@@ -125,3 +125,13 @@ class Settings:
                 values[f.name] = raw
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    def flag_defaults(self) -> dict[str, bool]:
+        """Every feature flag's default, by flag name (the `flag_<name>` fields)."""
+        return {name: getattr(self, f"flag_{name}") for name in FLAG_NAMES}
+
+
+#: The feature flags, one `flag_<name>` setting each (its default).
+FLAG_NAMES: tuple[str, ...] = tuple(
+    f.name.removeprefix("flag_") for f in fields(Settings) if f.name.startswith("flag_")
+)

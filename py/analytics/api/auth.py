@@ -1,46 +1,28 @@
-"""API keys on requests: `Authorization: Bearer <key>`, scopes, and a short-lived cache.
+"""API keys on requests: `Authorization: Bearer <key>`, scopes, and per-key rate limits.
 
-Lookups are cached in-process for `ttl_s` (hits and misses), so a revoked key stops working
-within that time on every worker without a database round trip per request.
+Lookups go through a per-process cache (`runtime.ttlcache`, 10 s, hits and misses), so a
+revoked key stops working within that time on every worker without a database round trip
+per request.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 
 from analytics.api.errors import ApiError
 from analytics.runtime.ratelimit import TokenBuckets
+from analytics.runtime.ttlcache import TtlCache
 from analytics.store.keys import KeyInfo
 
-Lookup = Callable[[str], Awaitable[KeyInfo | None]]
-
-
-class KeyCache:
-    def __init__(self, lookup: Lookup, ttl_s: float = 10.0, size: int = 10_000) -> None:
-        self._lookup = lookup
-        self._ttl_s = ttl_s
-        self._size = size
-        self._entries: OrderedDict[str, tuple[float, KeyInfo | None]] = OrderedDict()
-
-    async def get(self, key: str) -> KeyInfo | None:
-        now = time.monotonic()
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        info = await self._lookup(key)
-        self._entries[key] = (now + self._ttl_s, info)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-        return info
+#: Key lookups, cached per process for a few seconds (hits and misses alike).
+KeyCache = TtlCache[str, KeyInfo | None]
 
 
 async def authenticate(request: Request, keys: KeyCache, scope: str) -> KeyInfo:
+    """The request's key, if valid and holding `scope`; 401/403 otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()

@@ -17,8 +17,9 @@ from starlette.responses import Response
 from analytics.api.auth import authenticate, rate_limit
 from analytics.api.errors import NORMALIZE_STATUS, ApiError, json_response
 from analytics.api.observe import timed
+from analytics.api.state import services_of
 from analytics.normalize import NormalizeError, SignatureError, normalize_batch, verify_signature
-from analytics.pipeline.writer import Overloaded, WriteFailed, retry_after_s
+from analytics.pipeline.writer import Overloaded, WriteFailed
 from analytics.runtime import metrics
 
 JSON_TYPES = ("application/json",)
@@ -66,11 +67,11 @@ async def read_body(request: Request, cap: int) -> bytes:
 
 
 async def _ingest(request: Request, batch: bool) -> Response:
-    rt = request.app.state.runtime
-    settings = rt.settings
+    svc = services_of(request)
+    settings = svc.settings
     with timed(request, "auth"):
-        key = await authenticate(request, rt.keys, "write")
-        rate_limit(rt.buckets, key)
+        key = await authenticate(request, svc.keys, "write")
+        rate_limit(svc.buckets, key)
     ndjson = _media(request, batch)
     encoding = _encoding(request)
     cap = settings.max_batch_body_bytes if batch else settings.max_event_body_bytes
@@ -78,7 +79,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
         body = await read_body(request, cap)
     inline = len(body) <= settings.inline_normalize_bytes
 
-    if key.signing_secret is not None and rt.flags.enabled("signature_enforcement"):
+    if key.signing_secret is not None and svc.flags.enabled("signature_enforcement"):
         header = request.headers.get("x-signature")
         if not header:
             raise ApiError(401, "missing_signature", "this key requires an X-Signature header")
@@ -92,7 +93,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
         )
         try:
             with timed(request, "signature"):
-                check() if inline else await rt.offload.run("cpu", check)
+                check() if inline else await svc.offload.run("cpu", check)
         except SignatureError as e:
             raise ApiError(401, e.code, str(e.args[1])) from None
 
@@ -103,12 +104,12 @@ async def _ingest(request: Request, batch: bool) -> Response:
         customer_id=str(key.customer_id),
         content_encoding=encoding,
         ndjson=ndjson,
-        limits=rt.batch_limits if batch else rt.event_limits,
+        limits=svc.batch_limits if batch else svc.event_limits,
     )
     try:
         with timed(request, "normalize"):
             # Small bodies take microseconds in Rust: cheaper inline than a thread hop.
-            result = normalize() if inline else await rt.offload.run("cpu", normalize)
+            result = normalize() if inline else await svc.offload.run("cpu", normalize)
     except NormalizeError as e:
         raise ApiError(NORMALIZE_STATUS.get(e.code, 400), e.code, str(e.args[1])) from None
     for _, code, _ in result.rejected:
@@ -118,11 +119,13 @@ async def _ingest(request: Request, batch: bool) -> Response:
     if result.accepted:
         try:
             with timed(request, "commit_wait"):
-                inserted, duplicates = await rt.writer.submit(result.copy_data, result.accepted)
-        except Overloaded:
-            retry = str(retry_after_s(rt.writer.depth, settings.writer_inbox))
+                inserted, duplicates = await svc.writer.submit(result.copy_data, result.accepted)
+        except Overloaded as e:
             raise ApiError(
-                503, "overloaded", "ingestion is saturated; retry later", {"Retry-After": retry}
+                503,
+                "overloaded",
+                "ingestion is saturated; retry later",
+                {"Retry-After": str(e.retry_after_s)},
             ) from None
         except WriteFailed:
             raise ApiError(

@@ -14,8 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Deadline:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
         self.app = app
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -29,7 +30,7 @@ class Deadline:
                 started = True
             await send(message)
 
-        timeout = scope["app"].state.settings.request_timeout_s
+        timeout = self.timeout_s
         with anyio.move_on_after(timeout) as scope_:
             await self.app(scope, receive, send_tracked)
         if scope_.cancelled_caught and not started:

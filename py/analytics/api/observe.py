@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analytics.runtime import metrics
+from analytics.runtime.watchdog import RequestContext
 
 access_log = logging.getLogger("analytics.access")
 
-ROUTES = frozenset({"/v1/events", "/v1/batch", "/v1/metrics", "/healthz", "/readyz", "/metrics"})
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -46,9 +46,18 @@ def timed(request: Request, section: str) -> Iterator[None]:
         timings[section] = timings.get(section, 0.0) + time.perf_counter() - started
 
 
+def route_label(scope: Scope) -> str:
+    """The path template of the route the router matched (set in the scope by Starlette's
+    router), or "other": a bounded label, whatever paths clients invent."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "other"
+
+
 class Observe:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, context: RequestContext | None = None) -> None:
         self.app = app
+        #: The watchdog's request context: names the request being served in stall reports.
+        self.context = context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,12 +68,11 @@ class Observe:
         scenario = _header(scope, b"x-scenario") or "none"
         if not _TOKEN.match(scenario):
             scenario = "invalid"
-        route = scope["path"] if scope["path"] in ROUTES else "other"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["timings"] = timings = {}
         status = 500
-        watchdog = getattr(scope["app"].state, "request_context", None)
+        watchdog = self.context
 
         async def send_observed(message: Message) -> None:
             nonlocal status
@@ -79,7 +87,8 @@ class Observe:
         started = time.perf_counter()
         metrics.http_in_flight.inc()
         if watchdog is not None:
-            watchdog.enter(request_id=request_id, route=route, scenario=scenario)
+            # Routing happens further in: a stall report names the request's path (truncated).
+            watchdog.enter(request_id=request_id, route=scope["path"][:200], scenario=scenario)
         try:
             await self.app(scope, receive, send_observed)
         finally:
@@ -88,6 +97,7 @@ class Observe:
             total = time.perf_counter() - started
             metrics.http_in_flight.dec()
             method = scope["method"]
+            route = route_label(scope)
             metrics.http_requests.labels(route, method, str(status), scenario).inc()
             metrics.http_duration.labels(route, method, scenario).observe(total)
             access_log.info(

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.errors import error_response, json_response
+from analytics.api.state import services_of
 from analytics.runtime import metrics
 
 
@@ -23,19 +24,14 @@ INBOX_HIGH_WATER = 0.8
 async def readyz(request: Request) -> Response:
     """Ready to take traffic: no loop stall in progress, the writer inbox below its
     high-water mark, and the database answering within a second."""
-    rt = request.app.state.runtime
-    watchdog = getattr(request.app.state, "watchdog", None)
-    if watchdog is not None and watchdog.in_stall:
+    svc = services_of(request)
+    if svc.watchdog is not None and svc.watchdog.in_stall:
         return error_response(503, "loop_stalled", "the event loop is stalled")
-    fill = max(
-        rt.writer.depth / rt.settings.writer_inbox,
-        rt.writer.queued_rows / rt.settings.writer_inbox_rows,
-    )
-    if fill > INBOX_HIGH_WATER:
+    if svc.writer.saturation > INBOX_HIGH_WATER:
         return error_response(503, "writer_saturated", "the writer inbox is nearly full")
     try:
         with anyio.fail_after(1.0):
-            await rt.pool.fetchval("SELECT 1")
+            await svc.pool.fetchval("SELECT 1")
     except Exception:
         return error_response(503, "database_unreachable", "the database does not answer")
     return json_response({"status": "ready"})
@@ -44,5 +40,5 @@ async def readyz(request: Request) -> Response:
 async def prometheus(request: Request) -> Response:
     """Prometheus exposition (aggregated over workers in multiprocess mode). Rendering reads
     files (/proc, and the multiprocess files), so it runs under the `scrape` limiter."""
-    body, content_type = await request.app.state.runtime.offload.run("scrape", metrics.render)
+    body, content_type = await services_of(request).offload.run("scrape", metrics.render)
     return Response(body, media_type=content_type)

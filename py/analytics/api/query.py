@@ -14,10 +14,12 @@ from starlette.responses import Response
 
 from analytics.api.auth import authenticate, rate_limit
 from analytics.api.errors import ApiError
+from analytics.api.state import services_of
 from analytics.normalize import normalize_event_name
-from analytics.runtime import metrics as prom
-from analytics.runtime.invalidation import entry
-from analytics.store.metrics import AGGS, INTERVALS, MetricsQuery, fetch_series
+from analytics.pipeline.services import Services
+from analytics.runtime import metrics
+from analytics.runtime.querycache import Entry
+from analytics.store.series import AGGS, INTERVALS, MetricsQuery, fetch_series
 
 STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 MAX_GROUPS = 100
@@ -49,7 +51,7 @@ def _iso(t: datetime) -> str:
 
 
 def parse_query(request: Request, customer_id: int) -> MetricsQuery:
-    settings = request.app.state.runtime.settings
+    settings = services_of(request).settings
     params = request.query_params
     for name in params:
         if name not in ("event", "from", "to", "interval", "group_by", "filter", "agg", "limit"):
@@ -110,35 +112,35 @@ def parse_query(request: Request, customer_id: int) -> MetricsQuery:
     )
 
 
-async def metrics(request: Request) -> Response:
+async def get_metrics(request: Request) -> Response:
     """Closed ranges are served from the cache (after the invalidation barrier); ranges that
     include the current bucket are always computed."""
-    rt = request.app.state.runtime
-    key = await authenticate(request, rt.keys, "read")
-    rate_limit(rt.buckets, key)
+    svc = services_of(request)
+    key = await authenticate(request, svc.keys, "read")
+    rate_limit(svc.buckets, key)
     q = parse_query(request, key.customer_id)
     limit_raw = request.query_params.get("limit", "20")
     if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_GROUPS:
         raise ApiError(400, "invalid_limit", f"limit must be 1-{MAX_GROUPS}")
     limit = int(limit_raw)
     closed = q.end <= _floor(datetime.now(UTC), q.interval)
-    if not (closed and await rt.invalidator.barrier()):
-        return Response(await _render(rt, q, limit), media_type="application/json")
-    cache = rt.invalidator.cache
+    if not (closed and await svc.invalidator.barrier()):
+        return Response(await _render(svc, q, limit), media_type="application/json")
+    cache = svc.invalidator.cache
     cache_key = (q, limit)
     body = cache.get(cache_key)
     if body is not None:
-        prom.cache_hits.inc()
+        metrics.cache_hits.inc()
     else:
-        prom.cache_misses.inc()
+        metrics.cache_misses.inc()
         generation = cache.generation(q.customer_id, q.name)
-        body = await _render(rt, q, limit)
-        cache.put(cache_key, entry(q.customer_id, q.name, q.start, q.end, body), generation)
+        body = await _render(svc, q, limit)
+        cache.put(cache_key, Entry.of(q.customer_id, q.name, q.start, q.end, body), generation)
     return Response(body, media_type="application/json")
 
 
-async def _render(rt, q: MetricsQuery, limit: int) -> bytes:
-    rows = await fetch_series(rt.pool, q, rt.settings.command_timeout_s)
+async def _render(svc: Services, q: MetricsQuery, limit: int) -> bytes:
+    rows = await fetch_series(svc.pool, q, svc.settings.command_timeout_s)
 
     step = STEP[q.interval]
     times = [q.start + i * step for i in range((q.end - q.start) // step)]

@@ -22,42 +22,9 @@ from analytics.billing.sdk import BillingClient, BillingError
 from analytics.runtime import metrics
 from analytics.runtime.flags import Flags
 from analytics.runtime.offload import Offload
+from analytics.store import outbox
 
 log = logging.getLogger(__name__)
-
-CLAIM_SQL = """
-WITH claimed AS (
-    SELECT customer_id, id, window_start, count FROM usage_outbox
-    WHERE dispatch_id IS NULL AND window_start < $1
-    ORDER BY customer_id, id
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-), groups AS (
-    SELECT customer_id, window_start, sum(count)::bigint AS count, array_agg(id) AS ids
-    FROM claimed GROUP BY customer_id, window_start
-), made AS (
-    INSERT INTO usage_dispatch AS d (customer_id, window_start, window_end, count,
-                                     idempotency_key, created_at)
-    SELECT customer_id, window_start, window_start + $2::interval, count, '', $4
-    FROM groups
-    RETURNING customer_id, dispatch_id, window_start
-)
-UPDATE usage_outbox o SET dispatch_id = m.dispatch_id
-FROM made m JOIN groups g USING (customer_id, window_start)
-WHERE o.customer_id = m.customer_id AND o.id = ANY (g.ids)
-"""
-
-# The key is derived from the dispatch row, so it is fixed before the first attempt.
-KEY_SQL = """
-UPDATE usage_dispatch SET idempotency_key = 'usage-' || customer_id || '-' || dispatch_id
-WHERE idempotency_key = ''
-"""
-
-PENDING_SQL = """
-SELECT customer_id, dispatch_id, window_start, window_end, count, idempotency_key
-FROM usage_dispatch WHERE sent_at IS NULL AND failed_at IS NULL
-ORDER BY created_at, customer_id, dispatch_id LIMIT $1
-"""
 
 
 class BillingDispatcher:
@@ -107,10 +74,8 @@ class BillingDispatcher:
         """Claim closed windows, send what is pending; False if any send failed."""
         now = datetime.now(UTC)
         cutoff = now - (now - datetime(1970, 1, 1, tzinfo=UTC)) % self._window
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(CLAIM_SQL, cutoff, self._window, self._batch * 10, now)
-            await conn.execute(KEY_SQL)
-        pending = await self._pool.fetch(PENDING_SQL, self._batch)
+        await outbox.claim_windows(self._pool, cutoff, self._window, self._batch * 10, now)
+        pending = await outbox.pending_dispatches(self._pool, self._batch)
         failures: list[BaseException] = []
         async with anyio.create_task_group() as tg:
             # Concurrency is bounded by the `billing_sdk` limiter inside `send`.
@@ -134,15 +99,13 @@ class BillingDispatcher:
                 " for good, parked" if parked else "",
                 e,
             )
-            await self._pool.execute(
-                """UPDATE usage_dispatch SET attempts = attempts + 1, last_error = $3,
-                          failed_at = CASE WHEN $4 THEN $5::timestamptz END
-                   WHERE customer_id = $1 AND dispatch_id = $2""",
+            await outbox.mark_failed(
+                self._pool,
                 row["customer_id"],
                 row["dispatch_id"],
-                repr(e)[:500],
-                parked,
+                repr(e),
                 datetime.now(UTC),
+                parked=parked,
             )
 
     async def send(self, row: asyncpg.Record) -> None:
@@ -160,10 +123,6 @@ class BillingDispatcher:
                 row["window_end"],
                 row["idempotency_key"],
             )
-        await self._pool.execute(
-            """UPDATE usage_dispatch SET sent_at = $3, attempts = attempts + 1, last_error = NULL
-               WHERE customer_id = $1 AND dispatch_id = $2""",
-            row["customer_id"],
-            row["dispatch_id"],
-            datetime.now(UTC),
+        await outbox.mark_sent(
+            self._pool, row["customer_id"], row["dispatch_id"], datetime.now(UTC)
         )

@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,9 +40,21 @@ from analytics.runtime import metrics
 
 log = logging.getLogger(__name__)
 
+#: Commits of the last seconds make the commit rate that Retry-After is estimated from.
+RATE_WINDOW_S = 5.0
+#: A rate measured over less time than this is measured over this (a burst of commits in
+#: one millisecond says little about the next second).
+MIN_RATE_SPAN_S = 0.5
+MAX_RETRY_AFTER_S = 30
+
 
 class Overloaded(Exception):
-    """The writer's inbox is full; retry after a short pause."""
+    """The writer's inbox is full; retry after `retry_after_s` seconds, the writer's estimate
+    of when what is queued now will have been committed."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"the writer is saturated; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
 
 
 class WriteFailed(Exception):
@@ -89,6 +102,9 @@ class GroupCommitWriter:
         self._timeout_s = commit_timeout_s
         self._lanes = max(1, connections)
         self._usage_window = timedelta(seconds=usage_window_s)
+        self._inbox = inbox
+        #: (loop time, rows) of recent commits, for the commit rate behind Retry-After.
+        self._commits: deque[tuple[float, int]] = deque(maxlen=512)
         #: Set when `run` has returned: everything accepted was committed (or failed).
         self.closed = anyio.Event()
 
@@ -102,6 +118,30 @@ class GroupCommitWriter:
         """Rows waiting in the inbox."""
         return self._queued_rows
 
+    @property
+    def saturation(self) -> float:
+        """How full the inbox is, 0..1 (or above, past a request larger than the row cap): the
+        larger of its fill in requests and in rows."""
+        return max(self.depth / self._inbox, self._queued_rows / self._inbox_rows)
+
+    def commit_rate(self, now: float) -> float | None:
+        """Rows committed per second over the last `RATE_WINDOW_S`; None without commits."""
+        recent = [(t, n) for t, n in self._commits if t >= now - RATE_WINDOW_S]
+        if not recent:
+            return None
+        return sum(n for _, n in recent) / max(now - recent[0][0], MIN_RATE_SPAN_S)
+
+    def retry_after_s(self) -> int:
+        """Seconds until what is queued now is likely committed (queued rows over the recent
+        commit rate), 1 to `MAX_RETRY_AFTER_S`; from the inbox's fill when nothing committed
+        lately (a stuck database: make clients wait longer the fuller it is)."""
+        rate = self.commit_rate(anyio.current_time())
+        if rate:
+            wait = self._queued_rows / rate
+        else:
+            wait = MAX_RETRY_AFTER_S * min(1.0, self.saturation)
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(wait)))
+
     async def submit(self, payload: bytes, rows: int) -> tuple[int, int]:
         """Queue `rows` COPY tuples and wait for their commit; returns (inserted, duplicates).
 
@@ -113,13 +153,11 @@ class GroupCommitWriter:
         """
         ticket = Ticket(payload, rows)
         if self._queued_rows and self._queued_rows + rows > self._inbox_rows:
-            raise Overloaded
+            raise Overloaded(self.retry_after_s())
         try:
             self._send.send_nowait(ticket)
-        except anyio.WouldBlock:
-            raise Overloaded from None
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise Overloaded from None
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise Overloaded(self.retry_after_s()) from None
         # No await since the send: the lane that takes the ticket subtracts these rows after.
         self._queued_rows += rows
         await ticket.done.wait()
@@ -213,6 +251,7 @@ class GroupCommitWriter:
                 raise
             return
         elapsed = time.perf_counter() - started
+        self._commits.append((anyio.current_time(), total))
         metrics.writer_batch_rows.observe(total)
         metrics.writer_commit_seconds.observe(elapsed)
         for req, inserted in counts:
@@ -256,8 +295,3 @@ class _Lane:
         if self._conn is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._conn.close()
-
-
-def retry_after_s(depth: int, capacity: int) -> int:
-    """A Retry-After hint: longer the fuller the inbox (1 to 5 seconds)."""
-    return max(1, min(5, math.ceil(5 * depth / max(capacity, 1))))

@@ -1,32 +1,29 @@
-"""Feature flags: defaults from settings, overrides in the `feature_flags` table.
+"""Feature flags: defaults from settings, overrides applied at run time.
 
-Every worker keeps a local copy, reloaded when `analytics flags set` (or anyone) sends
-`NOTIFY analytics_flags`, and every `refresh_s` as a safety net. Reads are plain attribute
-lookups on the loop: no I/O on the request path.
+Every worker keeps a local copy (`pipeline/flag_sync.py` reloads it from the `feature_flags`
+table when `analytics flags set` notifies, and periodically as a safety net). Reads are plain
+dictionary lookups on the loop: no I/O on the request path. `changed` is set (and replaced)
+whenever the effective values change, so jobs that pause on a flag wake up at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 
 import anyio
-import asyncpg
-from anyio.abc import TaskStatus
+
+from analytics.settings import FLAG_NAMES
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "analytics_flags"
-NAMES = ("billing_dispatch", "enrichment", "signature_enforcement")
 
 
 class Flags:
     def __init__(self, defaults: Mapping[str, bool]) -> None:
-        unknown = set(defaults) - set(NAMES)
+        unknown = set(defaults) - set(FLAG_NAMES)
         if unknown:
             raise ValueError(f"unknown flags {sorted(unknown)}")
-        self._defaults = {name: bool(defaults.get(name, True)) for name in NAMES}
+        self._defaults = {name: bool(defaults.get(name, True)) for name in FLAG_NAMES}
         self._overrides: dict[str, bool] = {}
         self.changed = anyio.Event()
 
@@ -34,57 +31,14 @@ class Flags:
         return self._overrides.get(name, self._defaults[name])
 
     def snapshot(self) -> dict[str, bool]:
-        return {name: self.enabled(name) for name in NAMES}
+        return {name: self.enabled(name) for name in FLAG_NAMES}
 
     def apply(self, overrides: Mapping[str, bool]) -> None:
+        """Replace the overrides (unknown names are ignored: an older worker may run beside a
+        newer one that knows more flags)."""
         before = self.snapshot()
         self._overrides = {k: v for k, v in overrides.items() if k in self._defaults}
         if self.snapshot() != before:
             log.info("feature flags now %s", self.snapshot())
             self.changed.set()
             self.changed = anyio.Event()
-
-    async def load(self, conn: asyncpg.Connection) -> None:
-        rows = await conn.fetch("SELECT name, enabled FROM feature_flags")
-        self.apply({r["name"]: r["enabled"] for r in rows})
-
-    async def run(
-        self,
-        connect: Callable[[], Awaitable[asyncpg.Connection]],
-        *,
-        refresh_s: float = 30.0,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Keep the flags current until cancelled (raises on connection loss: supervise it)."""
-        conn = await connect()
-        try:
-            reload = anyio.Event()
-
-            def on_notify(*_: object) -> None:
-                reload.set()
-
-            await conn.add_listener(CHANNEL, on_notify)
-            await self.load(conn)
-            task_status.started()
-            while True:
-                with anyio.move_on_after(refresh_s):
-                    await reload.wait()
-                reload = anyio.Event()
-                await self.load(conn)
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await conn.close()
-
-
-async def set_flag(conn: asyncpg.Connection, name: str, enabled: bool, now: datetime) -> None:
-    if name not in NAMES:
-        raise ValueError(f"unknown flag {name!r}; known: {', '.join(NAMES)}")
-    async with conn.transaction():
-        await conn.execute(
-            """INSERT INTO feature_flags (name, enabled, updated_at) VALUES ($1, $2, $3)
-               ON CONFLICT (name) DO UPDATE SET enabled = $2, updated_at = $3""",
-            name,
-            enabled,
-            now,
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, name)

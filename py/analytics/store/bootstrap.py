@@ -6,6 +6,7 @@ tests, so "a working database" means the same thing everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,8 +40,21 @@ async def prepare(conn: asyncpg.Connection, now: datetime) -> Prepared:
     return Prepared(applied, await ensure_partitions(conn, now))
 
 
-async def has_customers(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM customers)"))
+async def first_start(conn: asyncpg.Connection, now: datetime) -> CustomerKeys | None:
+    """`prepare`, then, if the database has no customer yet, a `demo` customer with keys."""
+    await prepare(conn, now)
+    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM customers)"):
+        return None
+    return await customer_with_keys(conn, "demo", now)
+
+
+async def create_customer_key(
+    conn: asyncpg.Connection, name: str, scopes: Iterable[str], signing: bool, now: datetime
+) -> tuple[int, CreatedKey]:
+    """A new key for the customer `name` (created if missing), in one transaction."""
+    async with conn.transaction():
+        customer_id = await create_customer(conn, name, now)
+        return customer_id, await create_key(conn, customer_id, scopes, signing, now)
 
 
 async def customer_with_keys(

@@ -112,18 +112,24 @@ async def create_key(
             )
 
 
-async def lookup_key(conn: asyncpg.Connection, key: str) -> KeyInfo | None:
-    """The key's info, or None if it is malformed, unknown, wrong or revoked."""
+async def lookup_key(
+    db: asyncpg.Connection | asyncpg.Pool, key: str, *, acquire_timeout_s: float | None = None
+) -> KeyInfo | None:
+    """The key's info, or None if it is malformed, unknown, wrong or revoked. A malformed key
+    is refused before any connection is taken from a pool."""
     parsed = _parse(key)
     if parsed is None:
         return None
     customer_id, key_id = parsed
-    row = await conn.fetchrow(
+    sql = (
         "SELECT key_hash, scopes, signing_secret FROM api_keys"
-        " WHERE customer_id = $1 AND key_id = $2 AND revoked_at IS NULL",
-        customer_id,
-        key_id,
+        " WHERE customer_id = $1 AND key_id = $2 AND revoked_at IS NULL"
     )
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire(timeout=acquire_timeout_s) as conn:
+            row = await conn.fetchrow(sql, customer_id, key_id)
+    else:
+        row = await db.fetchrow(sql, customer_id, key_id)
     if row is None or not hmac.compare_digest(row["key_hash"], _hash(key)):
         return None
     return KeyInfo(customer_id, key_id, frozenset(row["scopes"]), row["signing_secret"])

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from analytics.pipeline.sql import dimension_expr
+from analytics.store.dimensions import dimension_expr
 
 INTERVALS = ("minute", "hour", "day")
 AGGS = ("count", "sum", "unique_users")

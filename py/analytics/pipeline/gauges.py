@@ -1,0 +1,32 @@
+"""The `metrics sampler` job: sets the Prometheus gauges every second.
+
+Multiprocess mode has no scrape-time callbacks, so gauges (limiter use, writer inbox, the
+billing backlog) are sampled here instead of computed when scraped.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from analytics.pipeline.services import Services
+from analytics.runtime import metrics
+from analytics.runtime.logs import DroppingQueueHandler
+from analytics.store import outbox
+
+
+async def sample_gauges(services: Services, every_s: float = 1.0, outbox_every: int = 5) -> None:
+    """Until cancelled; the outbox backlog (a database query) every `outbox_every` samples."""
+    tick, dropped = 0, DroppingQueueHandler.dropped
+    while True:
+        metrics.log_records_dropped.inc(DroppingQueueHandler.dropped - dropped)
+        dropped = DroppingQueueHandler.dropped
+        for s in services.offload.stats():
+            metrics.limiter_capacity.labels(s.name).set(s.capacity)
+            metrics.limiter_borrowed.labels(s.name).set(s.borrowed)
+            metrics.limiter_waiting.labels(s.name).set(s.waiting)
+        metrics.writer_inbox_depth.set(services.writer.depth)
+        metrics.writer_inbox_capacity.set(services.settings.writer_inbox)
+        if tick % outbox_every == 0:
+            metrics.billing_outbox_pending.set(await outbox.pending_count(services.pool))
+        tick += 1
+        await anyio.sleep(every_s)

@@ -1,0 +1,109 @@
+"""What request handlers and background jobs share, built once per worker by the lifespan.
+
+`Services` is the typed seam between the HTTP layer and everything below it: handlers read
+`services_of(request)` (api/state.py) instead of digging untyped attributes out of app state.
+`build_services` is the wiring: which settings feed which component, and which named
+limiters exist.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import asyncpg
+
+from analytics.billing.sdk import BillingClient
+from analytics.normalize import Limits
+from analytics.pipeline.billing import BillingDispatcher
+from analytics.pipeline.invalidation import Invalidator
+from analytics.pipeline.writer import GroupCommitWriter
+from analytics.runtime.flags import Flags
+from analytics.runtime.offload import Offload
+from analytics.runtime.querycache import QueryCache
+from analytics.runtime.ratelimit import TokenBuckets
+from analytics.runtime.ttlcache import TtlCache
+from analytics.runtime.watchdog import LoopWatchdog
+from analytics.settings import Settings
+from analytics.store.keys import KeyInfo, lookup_key
+from analytics.store.notify import notify
+from analytics.store.pool import connect
+
+#: Attempts the billing SDK makes itself before the dispatcher sees a failure.
+BILLING_RETRIES = 2
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    writer: GroupCommitWriter
+    offload: Offload
+    keys: TtlCache[str, KeyInfo | None]
+    invalidator: Invalidator
+    flags: Flags
+    buckets: TokenBuckets
+    event_limits: Limits
+    batch_limits: Limits
+    dispatcher: BillingDispatcher | None = None
+    #: Set by the lifespan while the loop watchdog runs (None when it is disabled).
+    watchdog: LoopWatchdog | None = None
+
+
+def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
+    """Every component of one worker, configured from `settings`, none started yet."""
+    direct = functools.partial(connect, settings.database_url, settings)
+    offload = Offload(
+        {"cpu": settings.cpu_threads, "billing_sdk": settings.billing_sdk_threads, "scrape": 1}
+    )
+    flags = Flags(settings.flag_defaults())
+    services = Services(
+        settings=settings,
+        pool=pool,
+        writer=GroupCommitWriter(
+            direct,
+            settings.dimensions,
+            inbox=settings.writer_inbox,
+            inbox_rows=settings.writer_inbox_rows,
+            max_batch_rows=settings.writer_max_batch_rows,
+            window_s=settings.writer_window_s,
+            commit_timeout_s=settings.commit_timeout_s,
+            connections=settings.writer_connections,
+            usage_window_s=settings.billing_window_s,
+            enrich=functools.partial(flags.enabled, "enrichment"),
+        ),
+        offload=offload,
+        keys=TtlCache(
+            functools.partial(lookup_key, pool, acquire_timeout_s=settings.acquire_timeout_s)
+        ),
+        invalidator=Invalidator(
+            functools.partial(connect, settings.listen_url, settings),
+            QueryCache(settings.cache_entries),
+            functools.partial(notify, pool),
+        ),
+        flags=flags,
+        buckets=TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
+        event_limits=Limits(max_body_bytes=settings.max_event_body_bytes, max_events=1),
+        batch_limits=Limits(
+            max_body_bytes=settings.max_batch_body_bytes, max_events=settings.max_batch_events
+        ),
+    )
+    if settings.billing_url:
+        services.dispatcher = BillingDispatcher(
+            pool,
+            offload,
+            functools.partial(
+                BillingClient,
+                settings.billing_url,
+                timeout_s=settings.billing_timeout_s,
+                retries=BILLING_RETRIES,
+                pool_size=settings.billing_sdk_threads,
+            ),
+            flags,
+            window_s=settings.billing_window_s,
+            poll_s=settings.billing_poll_s,
+            # The SDK's own worst case (every attempt timing out, plus backoff) and a margin.
+            call_timeout_s=settings.billing_timeout_s * (BILLING_RETRIES + 1) + 2,
+            max_backoff_s=settings.billing_max_backoff_s,
+        )
+    return services
