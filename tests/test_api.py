@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from analytics.app import create_app
 from analytics.normalize import sign
 from analytics.settings import Settings
-from analytics.store.flags import set_flag
+from analytics.store.flag_overrides import set_flag
 from analytics.store.keys import create_customer, create_key
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)

@@ -30,7 +30,7 @@ from analytics.runtime.logs import configure_logging
 from analytics.runtime.supervise import supervised
 from analytics.runtime.watchdog import RequestContext, watch_loop
 from analytics.settings import Settings
-from analytics.store.flags import load_overrides
+from analytics.store.flag_overrides import load_overrides
 from analytics.store.partitions import ensure_partitions
 from analytics.store.pool import connect, create_pool
 

@@ -23,7 +23,7 @@ import asyncpg
 from analytics.settings import FLAG_NAMES, Settings
 from analytics.store.bootstrap import create_customer_key, prepare
 from analytics.store.embedded import resolve_database
-from analytics.store.flags import list_overrides, set_flag
+from analytics.store.flag_overrides import list_overrides, set_flag
 from analytics.store.keys import SCOPES, revoke_key, validate_scopes
 from analytics.store.pool import connect
 
@@ -168,18 +168,10 @@ def add_billing_stub(subparsers: Subparsers) -> None:
     add_billing_stub_command(subparsers)
 
 
-def add_loadtest(subparsers: Subparsers) -> None:
-    """`analytics loadtest`, the k6 load harness (imports matplotlib only when it plots)."""
-    from analytics.loadtest import add_loadtest_command
-
-    add_loadtest_command(subparsers)
-
-
 REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (
     add_commands,
     add_serve,
     add_billing_stub,
-    add_loadtest,
 )
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.errors import error_response, json_response
 from analytics.api.state import services_of
 from analytics.runtime import metrics
+from analytics.store.pool import ping
 
 
 async def healthz(request: Request) -> Response:
@@ -29,10 +29,7 @@ async def readyz(request: Request) -> Response:
         return error_response(503, "loop_stalled", "the event loop is stalled")
     if svc.writer.saturation > INBOX_HIGH_WATER:
         return error_response(503, "writer_saturated", "the writer inbox is nearly full")
-    try:
-        with anyio.fail_after(1.0):
-            await svc.pool.fetchval("SELECT 1")
-    except Exception:
+    if not await ping(svc.pool, timeout_s=1.0):
         return error_response(503, "database_unreachable", "the database does not answer")
     return json_response({"status": "ready"})
 

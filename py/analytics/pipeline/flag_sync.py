@@ -14,7 +14,7 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from analytics.runtime.flags import Flags
-from analytics.store.flags import load_overrides
+from analytics.store.flag_overrides import load_overrides
 from analytics.store.notify import FLAGS, Connect, listen
 
 

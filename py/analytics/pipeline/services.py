@@ -15,7 +15,7 @@ import asyncpg
 
 from analytics.billing.sdk import BillingClient
 from analytics.normalize import Limits
-from analytics.pipeline.billing import BillingDispatcher
+from analytics.pipeline.billing_dispatch import BillingDispatcher
 from analytics.pipeline.invalidation import Invalidator
 from analytics.pipeline.writer import GroupCommitWriter
 from analytics.runtime.flags import Flags

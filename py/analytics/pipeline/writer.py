@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -46,6 +46,8 @@ RATE_WINDOW_S = 5.0
 #: one millisecond says little about the next second).
 MIN_RATE_SPAN_S = 0.5
 MAX_RETRY_AFTER_S = 30
+#: The longest hint given without a commit rate to estimate from (a commit times out in 5 s).
+BLIND_RETRY_AFTER_S = 5
 
 
 class Overloaded(Exception):
@@ -124,23 +126,9 @@ class GroupCommitWriter:
         larger of its fill in requests and in rows."""
         return max(self.depth / self._inbox, self._queued_rows / self._inbox_rows)
 
-    def commit_rate(self, now: float) -> float | None:
-        """Rows committed per second over the last `RATE_WINDOW_S`; None without commits."""
-        recent = [(t, n) for t, n in self._commits if t >= now - RATE_WINDOW_S]
-        if not recent:
-            return None
-        return sum(n for _, n in recent) / max(now - recent[0][0], MIN_RATE_SPAN_S)
-
     def retry_after_s(self) -> int:
-        """Seconds until what is queued now is likely committed (queued rows over the recent
-        commit rate), 1 to `MAX_RETRY_AFTER_S`; from the inbox's fill when nothing committed
-        lately (a stuck database: make clients wait longer the fuller it is)."""
-        rate = self.commit_rate(anyio.current_time())
-        if rate:
-            wait = self._queued_rows / rate
-        else:
-            wait = MAX_RETRY_AFTER_S * min(1.0, self.saturation)
-        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(wait)))
+        """When to come back: see `retry_after`."""
+        return retry_after(self._queued_rows, self._commits, anyio.current_time(), self.saturation)
 
     async def submit(self, payload: bytes, rows: int) -> tuple[int, int]:
         """Queue `rows` COPY tuples and wait for their commit; returns (inserted, duplicates).
@@ -295,3 +283,23 @@ class _Lane:
         if self._conn is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._conn.close()
+
+
+def commit_rate(commits: Iterable[tuple[float, int]], now: float) -> float | None:
+    """Rows per second committed over the last `RATE_WINDOW_S` of `commits` ((time, rows)
+    pairs, oldest first); None without a commit in that window."""
+    recent = [(t, n) for t, n in commits if t >= now - RATE_WINDOW_S]
+    if not recent:
+        return None
+    return sum(n for _, n in recent) / max(now - recent[0][0], MIN_RATE_SPAN_S)
+
+
+def retry_after(
+    queued_rows: int, commits: Iterable[tuple[float, int]], now: float, saturation: float
+) -> int:
+    """Seconds until the rows queued now are likely committed (queued rows over the recent
+    commit rate), 1 to `MAX_RETRY_AFTER_S`. Without a recent commit (a stuck database, or
+    the first seconds) it is 1 to `BLIND_RETRY_AFTER_S`, longer the fuller the inbox."""
+    rate = commit_rate(commits, now)
+    wait = queued_rows / rate if rate else BLIND_RETRY_AFTER_S * min(1.0, saturation)
+    return max(1, min(MAX_RETRY_AFTER_S, math.ceil(wait)))

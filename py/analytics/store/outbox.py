@@ -1,7 +1,7 @@
 """The billing usage outbox: usage rows written with the events they count, and dispatches.
 
 The writer's commit statement adds rows to `usage_outbox` in the events' transaction. The
-billing dispatcher (pipeline/billing.py) claims closed windows into `usage_dispatch` rows,
+billing dispatcher (pipeline/billing_dispatch.py) claims closed windows into `usage_dispatch` rows,
 one per customer and window, each with an idempotency key fixed before its first attempt,
 and marks each sent once billing has accepted it, or parked when billing refused it for good.
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import asyncpg
 
 from analytics.settings import Settings
@@ -40,3 +41,13 @@ async def connect(dsn: str, settings: Settings) -> asyncpg.Connection:
     """One direct connection to `dsn` (e.g. `settings.listen_url` for LISTEN); the caller
     closes it."""
     return await asyncpg.connect(dsn, **_connect_kwargs(settings))
+
+
+async def ping(pool: asyncpg.Pool, timeout_s: float) -> bool:
+    """Whether the database answers a trivial query within `timeout_s` (connecting included)."""
+    try:
+        with anyio.fail_after(timeout_s):
+            await pool.fetchval("SELECT 1")
+    except Exception:  # any failure means "not now": readiness says so, it does not raise
+        return False
+    return True
