@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 from analytics.app import create_app
 from analytics.normalize import sign
 from analytics.settings import Settings
+from analytics.store.bootstrap import create_customer_key
 from analytics.store.flag_overrides import set_flag
-from analytics.store.keys import create_customer, create_key
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 
@@ -31,8 +31,8 @@ def make_key(dsn: str, customer: str, scopes: set[str], signing: bool = False):
     async def go():
         conn = await asyncpg.connect(dsn)
         try:
-            cid = await create_customer(conn, customer, datetime.now(UTC))
-            return await create_key(conn, cid, scopes, signing, datetime.now(UTC))
+            _, key = await create_customer_key(conn, customer, scopes, signing, datetime.now(UTC))
+            return key
         finally:
             await conn.close()
 

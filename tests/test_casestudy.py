@@ -24,7 +24,7 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from analytics.store.keys import create_customer, create_key
+from analytics.store.bootstrap import create_customer_key
 from serverproc import free_port, running_stub, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 async def _make_key(dsn: str, scopes: set[str]) -> tuple[int, str]:
     conn = await asyncpg.connect(dsn)
     try:
-        now = datetime.now(UTC)
-        customer = await create_customer(conn, "casestudy", now)
-        return customer, (await create_key(conn, customer, scopes, False, now)).key
+        customer, key = await create_customer_key(
+            conn, "casestudy", scopes, False, datetime.now(UTC)
+        )
+        return customer, key.key
     finally:
         await conn.close()
 
