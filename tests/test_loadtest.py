@@ -1,20 +1,41 @@
-"""The load harness's pure parts (analytics.loadtest): no server, no k6, no load.
+"""The load harness's pure parts (benches/harness): no server, no k6, no load.
 
 Histogram quantiles from bucket deltas, the loop figures from two `/metrics` scrapes, the
-k6 summary, the stall deltas, the Markdown table and the plot file.
+k6 summary, the stall deltas, the probes' signed requests, the Markdown table and the plot
+file, the plan of a run and its command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from benches.harness import (
+    cli,
+    k6,
+    plan,
+    plot,
+    probes,
+    promtext,
+    pyspy,
+    report,
+    results,
+    stalls,
+    timings,
+)
 
-from analytics import loadtest as lt
+from analytics.normalize import verify_signature
+from analytics.runtime.histogram import bucket_quantile
+from analytics.store.bootstrap import CustomerKeys
+from analytics.store.keys import CreatedKey
 
 INF = math.inf
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- histograms and /metrics ------------------------------------------------------------------
@@ -23,30 +44,30 @@ INF = math.inf
 def test_quantile_interpolates_inside_the_bucket_holding_the_rank() -> None:
     # 100 observations: 50 ≤ 1 ms, 40 in (1, 5] ms, 10 in (5, 10] ms.
     buckets = {0.001: 50, 0.005: 90, 0.01: 100, INF: 100}
-    assert lt.histogram_quantile(0.5, buckets) == pytest.approx(0.001)
-    assert lt.histogram_quantile(0.7, buckets) == pytest.approx(0.003)
-    assert lt.histogram_quantile(0.99, buckets) == pytest.approx(0.0095)
+    assert bucket_quantile(0.5, buckets) == pytest.approx(0.001)
+    assert bucket_quantile(0.7, buckets) == pytest.approx(0.003)
+    assert bucket_quantile(0.99, buckets) == pytest.approx(0.0095)
 
 
 def test_quantile_first_bucket_starts_at_zero() -> None:
-    assert lt.histogram_quantile(0.5, {0.002: 10, INF: 10}) == pytest.approx(0.001)
+    assert bucket_quantile(0.5, {0.002: 10, INF: 10}) == pytest.approx(0.001)
 
 
 def test_quantile_in_the_inf_bucket_is_the_highest_finite_bound() -> None:
-    assert lt.histogram_quantile(0.99, {0.001: 10, 0.5: 50, INF: 100}) == 0.5
+    assert bucket_quantile(0.99, {0.001: 10, 0.5: 50, INF: 100}) == 0.5
 
 
 def test_quantile_of_nothing_is_none() -> None:
-    assert lt.histogram_quantile(0.99, {}) is None
-    assert lt.histogram_quantile(0.99, {0.001: 0, INF: 0}) is None
+    assert bucket_quantile(0.99, {}) is None
+    assert bucket_quantile(0.99, {0.001: 0, INF: 0}) is None
 
 
 def test_bucket_delta_counts_only_the_interval() -> None:
     before = {0.001: 100, 0.01: 150, INF: 150}
     after = {0.001: 190, 0.01: 250, INF: 251}
-    assert lt.bucket_delta(before, after) == {0.001: 90, 0.01: 100, INF: 101}
+    assert promtext.bucket_delta(before, after) == {0.001: 90, 0.01: 100, INF: 101}
     # Rank 99.99 of 101 falls in (1, 10] ms: 9.99 of its 10 observations in.
-    p99 = lt.histogram_quantile(0.99, lt.bucket_delta(before, after))
+    p99 = bucket_quantile(0.99, promtext.bucket_delta(before, after))
     assert p99 == pytest.approx(0.001 + 0.009 * 9.99 / 10)
 
 
@@ -78,7 +99,7 @@ def scrape(lag: dict[str, float], stalls: float | None, worker_labels: bool = Fa
 def test_loop_figures_from_two_scrapes() -> None:
     before = scrape({"0.001": 1000, "0.005": 1000, "0.05": 1000, "+Inf": 1000}, 2)
     after = scrape({"0.001": 1900, "0.005": 1990, "0.05": 2000, "+Inf": 2000}, 7)
-    lag, stalls = lt.loop_figures(before, after)
+    lag, stalls = promtext.loop_figures(before, after)
     # 1000 ticks in the step: 900 ≤ 1 ms, 90 ≤ 5 ms, 10 ≤ 50 ms → p99 at the top of (1, 5].
     assert lag == pytest.approx(0.005)
     assert stalls == 5
@@ -87,7 +108,7 @@ def test_loop_figures_from_two_scrapes() -> None:
 def test_loop_figures_sum_label_sets() -> None:
     before = scrape({"0.001": 0, "0.01": 0, "+Inf": 0}, 0, worker_labels=True)
     after = scrape({"0.001": 100, "0.01": 200, "+Inf": 200}, 1, worker_labels=True)
-    lag, stalls = lt.loop_figures(before, after)
+    lag, stalls = promtext.loop_figures(before, after)
     assert lag == pytest.approx(0.001 + 0.009 * 98 / 100)
     assert stalls == 1
 
@@ -95,10 +116,10 @@ def test_loop_figures_sum_label_sets() -> None:
 def test_no_heartbeat_means_no_loop_figures() -> None:
     """A server without a running watchdog: its stall counter stays 0, which proves nothing."""
     idle = scrape({"0.001": 0, "+Inf": 0}, 0)
-    assert lt.loop_figures(idle, idle) == (None, None)
-    assert lt.loop_figures("", "") == (None, None)
+    assert promtext.loop_figures(idle, idle) == (None, None)
+    assert promtext.loop_figures("", "") == (None, None)
     no_counter = scrape({"0.001": 10, "+Inf": 10}, None)
-    lag, stalls = lt.loop_figures(scrape({"0.001": 0, "+Inf": 0}, None), no_counter)
+    lag, stalls = promtext.loop_figures(scrape({"0.001": 0, "+Inf": 0}, None), no_counter)
     assert lag is not None and stalls is None
 
 
@@ -124,7 +145,7 @@ def k6_summary(**over: object) -> dict:
 
 
 def test_parse_k6_summary() -> None:
-    got = lt.parse_k6_summary(k6_summary())
+    got = k6.parse_k6_summary(k6_summary())
     assert got["requests"] == 1010
     assert got["achieved_rps"] == 101.0
     assert got["events_per_s"] == 50000.0
@@ -137,11 +158,11 @@ def test_parse_k6_summary() -> None:
 
 
 def test_parse_k6_summary_of_an_empty_run() -> None:
-    got = lt.parse_k6_summary({"metrics": {}, "state": {"testRunDurationMs": 0}})
+    got = k6.parse_k6_summary({"metrics": {}, "state": {"testRunDurationMs": 0}})
     assert got["requests"] == 0 and got["achieved_rps"] == 0.0 and got["p99_ms"] is None
 
 
-def step(**kw: object) -> lt.Step:
+def step(**kw: object) -> results.Step:
     base: dict = {
         "mode": "service",
         "scenario": "ingest_single",
@@ -162,8 +183,8 @@ def step(**kw: object) -> lt.Step:
         "probes": 20,
     }
     base.update(kw)
-    s = lt.Step(**base)
-    s.saturated = lt.is_saturated(s)
+    s = results.Step(**base)
+    s.saturated = results.is_saturated(s)
     return s
 
 
@@ -201,16 +222,16 @@ def test_blocking_delta_counts_the_step_by_line() -> None:
             "innermost": "../../x/lib/python3.11/asyncio/base_events.py:1 in f",
         },
     ]
-    got = lt.blocking_delta(before, after, top=3)
+    got = stalls.blocking_delta(before, after, top=3)
     assert got == [
         {"line": "sdk.py:121", "count": 23, "total_s": 2.3},
         {"line": "(loop machinery) x:1", "count": 4, "total_s": 0.4},
         {"line": "(no stack captured while it lasted)", "count": 1, "total_s": 0.1},
     ]
-    got = lt.blocking_delta(before, after, top=5)
+    got = stalls.blocking_delta(before, after, top=5)
     assert got[-1]["line"] == "(loop machinery) asyncio/base_events.py:1 in f"
-    assert lt.blocking_delta(None, None, top=3) is None  # the server has no /debug/stalls
-    assert lt.blocking_delta(after, after, top=3) == []
+    assert stalls.blocking_delta(None, None, top=3) is None  # the server has no /debug/stalls
+    assert stalls.blocking_delta(after, after, top=3) == []
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -234,7 +255,7 @@ def test_markdown_table() -> None:
     )
     batch = step(scenario="ingest_batch", offered_rps=120, events_per_request=500)
     batch.events_per_s = 60_000.0
-    md = lt.render_markdown([naive, step(), batch], META)
+    md = report.render_markdown([naive, step(), batch], META)
     lines = md.splitlines()
     header = next(line for line in lines if line.startswith("| mode | scenario |"))
     rows = [line for line in lines if line.startswith(("| naive |", "| service |"))]
@@ -252,7 +273,7 @@ def test_markdown_table() -> None:
 
 
 def test_markdown_without_loop_metrics_says_so() -> None:
-    md = lt.render_markdown([step(lag_p99_ms=None, stalls=None, fresh_p99_ms=None)], META)
+    md = report.render_markdown([step(lag_p99_ms=None, stalls=None, fresh_p99_ms=None)], META)
     assert "| 0 | n/a | n/a | n/a |" in md
 
 
@@ -264,14 +285,14 @@ def test_plot_file(tmp_path: Path) -> None:
         step(mode="service", offered_rps=2000, p99_ms=20.0),
         step(scenario="ingest_batch", offered_rps=60, events_per_request=500, p99_ms=80.0),
     ]
-    out = lt.render_plot(steps, tmp_path / "sub" / "latency.png", "a title")
+    out = plot.render_plot(steps, tmp_path / "sub" / "latency.png", "a title")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert 5_000 < len(data) < 300_000
 
 
 def test_write_results(tmp_path: Path) -> None:
-    lt.write_results(tmp_path, [step()], META)
+    report.write_results(tmp_path, [step()], META)
     import json
 
     payload = json.loads((tmp_path / "results.json").read_text())
@@ -283,54 +304,95 @@ def test_write_results(tmp_path: Path) -> None:
 
 
 def test_percentile_nearest_rank() -> None:
-    assert lt.percentile([], 0.99) is None
-    assert lt.percentile([3.0], 0.99) == 3.0
-    assert lt.percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
-    assert lt.percentile([float(i) for i in range(1, 21)], 0.99) == 20.0
+    assert timings.percentile([], 0.99) is None
+    assert timings.percentile([3.0], 0.99) == 3.0
+    assert timings.percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+    assert timings.percentile([float(i) for i in range(1, 21)], 0.99) == 20.0
+
+
+def keys(signing_secret: str | None) -> CustomerKeys:
+    write = CreatedKey(7, "ak_7_write", signing_secret, frozenset({"write"}))
+    return CustomerKeys(7, write, CreatedKey(7, "ak_7_read", None, frozenset({"read"})))
+
+
+def test_probe_request_is_signed_as_the_server_verifies() -> None:
+    secret = bytes(range(32))
+    body, headers = probes.probe_request(keys(secret.hex()), "mixed", "lt_probe_x", 1700000000.5)
+    assert body.startswith(b'{"name": "lt_probe_x", "event_id": "lt_probe_x", "ts": 1700000000500')
+    assert headers["Authorization"] == "Bearer ak_7_write"
+    assert headers["X-Scenario"] == "mixed_probe"
+    # What the harness computed by hand before it used the extension's `sign`.
+    mac = hmac.new(secret, b"1700000000." + body, "sha256").hexdigest()
+    assert headers["X-Signature"] == f"t=1700000000,v1={mac}"
+    verify_signature(secret, headers["X-Signature"], body, 1700000000)
+
+
+def test_probe_request_of_an_unsigned_key_has_no_signature() -> None:
+    _, headers = probes.probe_request(keys(None), "ingest_single", "lt_probe_y", 1.0)
+    assert "X-Signature" not in headers
 
 
 def test_count_points() -> None:
     answer = {"series": [{"points": [{"t": "x", "value": 0}, {"t": "y", "value": 2}]}]}
-    assert lt.count_points(answer) == 2
-    assert lt.count_points({"series": []}) == 0
+    assert probes.count_points(answer) == 2
+    assert probes.count_points({"series": []}) == 0
 
 
 def test_parse_rates() -> None:
     both = ["ingest_single", "ingest_batch"]
-    assert lt.parse_rates(["1000,500"], both) == {
+    assert plan.parse_rates(["1000,500"], both) == {
         "ingest_single": [500, 1000],
         "ingest_batch": [500, 1000],
     }
-    got = lt.parse_rates(["100", "ingest_batch=2,20"], both)
+    got = plan.parse_rates(["100", "ingest_batch=2,20"], both)
     assert got == {"ingest_single": [100], "ingest_batch": [2, 20]}
     for bad in (["x=1"], ["a,b"], ["0"]):
         with pytest.raises(SystemExit):
-            lt.parse_rates(bad, both)
+            plan.parse_rates(bad, both)
 
 
 def parsed(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    lt.add_arguments(p)
+    cli.add_arguments(p)
     return p.parse_args(list(argv))
 
 
 def test_plan() -> None:
-    modes, scenarios, rates = lt.plan(parsed("--quick"))
-    assert modes == ["service"] and scenarios == list(lt.SCENARIOS)
+    modes, scenarios, rates = plan.plan(parsed("--quick"))
+    assert modes == ["service"] and scenarios == list(plan.SCENARIOS)
     assert all(len(r) <= 2 for r in rates.values())
-    modes, scenarios, rates = lt.plan(parsed("--compare"))
+    modes, scenarios, rates = plan.plan(parsed("--compare"))
     assert modes == ["naive", "threaded", "service"]
     assert scenarios == ["ingest_single", "ingest_batch"]
     assert rates["ingest_single"][0] <= 25  # below the naive variant's saturation
-    _, _, rates = lt.plan(parsed("--scenarios", "burst", "--rates", "100,50"))
+    _, _, rates = plan.plan(parsed("--scenarios", "burst", "--rates", "100,50"))
     assert rates == {"burst": [50, 100]}
 
 
-def test_cli_registers_loadtest() -> None:
-    from analytics.cli import build_parser
+def test_command_line() -> None:
+    args = cli.build_parser().parse_args(["--quick", "--compare", "--worker-class", "asyncio"])
+    assert args.quick and args.compare and args.worker_class == "asyncio" and args.sign
+    assert cli.build_parser().parse_args(["--no-sign", "--rates", "ingest_batch=2,20"]).rates == [
+        "ingest_batch=2,20"
+    ]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--scenarios", "ingest_single,nope"])
 
-    args = build_parser().parse_args(["loadtest", "--quick", "--compare"])
-    assert args.quick and args.compare and args.handler is lt.run
+
+@pytest.mark.parametrize("how", [["-m", "benches.harness"], ["benches/harness"]])
+def test_runs_from_the_checkout_as_a_module_or_a_script(how: list[str]) -> None:
+    """`--help` exits before anything starts (k6 is not needed for it)."""
+    got = subprocess.run(
+        [sys.executable, *how, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 0, got.stderr
+    for flag in ("--quick", "--compare", "--profile", "--scenarios", "--rates", "--workers"):
+        assert flag in got.stdout
 
 
 def test_server_timings_from_the_access_log() -> None:
@@ -344,11 +406,11 @@ def test_server_timings_from_the_access_log() -> None:
         b'{"msg":"loop_stall","scenario":"ingest_single","total_ms":900}',
         b'{"msg":"access","scenario":"ingest_sin',  # cut by the read
     ]
-    got = lt.server_timings(b"\n".join(lines), "ingest_single")
+    got = timings.server_timings(b"\n".join(lines), "ingest_single")
     assert got["total"] == {"p50": 50.0, "p99": 99.0}
     assert got["commit_wait"] == {"p50": 49.0, "p99": 98.0}
     assert got["auth"] == {"p50": 0.01, "p99": 0.01}
-    assert lt.server_timings(b"", "ingest_single") == {}
+    assert timings.server_timings(b"", "ingest_single") == {}
 
 
 def test_burst_and_mixed_rows_show_their_own_p99() -> None:
@@ -357,7 +419,7 @@ def test_burst_and_mixed_rows_show_their_own_p99() -> None:
     timed = step(
         server_ms={"total": {"p50": 1.0, "p99": 7.0}, "commit_wait": {"p50": 0.9, "p99": 6.5}}
     )
-    md = lt.render_markdown([burst, mixed, timed], META)
+    md = report.render_markdown([burst, mixed, timed], META)
     assert "| service | burst | 400, x5 for 10 s |" in md
     assert "| 9.0 (burst 80.0) |" in md
     assert "| 9.0 (queries 4.5) |" in md
@@ -374,7 +436,7 @@ def test_summarize_profile() -> None:
             "garbage",
         ]
     )
-    got = lt.summarize_profile(raw, top=2)
+    got = pyspy.summarize_profile(raw, top=2)
     assert got["samples"] == 100
     assert got["by_group"] == {
         "starlette": 0.5,
@@ -386,8 +448,8 @@ def test_summarize_profile() -> None:
         {"frame": "app (starlette/routing.py:58)", "share": 0.5},
         {"frame": "_ingest (analytics/api/ingest.py:71)", "share": 0.3},
     ]
-    assert lt.summarize_profile("") == {}
-    md = lt.render_markdown([step(profile=got)], META)
+    assert pyspy.summarize_profile("") == {}
+    md = report.render_markdown([step(profile=got)], META)
     assert (
         "| service | ingest_single | 1,000 | 100 | starlette 50%, analytics (this service) 30%"
         in md
@@ -406,8 +468,8 @@ def test_stall_culprits_from_the_log() -> None:
             b'{"msg":"access","scenario":"ingest_single","total_ms":1}',
         ]
     )
-    assert lt.stall_culprits(log, top=3) == [
+    assert stalls.stall_culprits(log, top=3) == [
         {"line": "asyncio/tasks.py:851 in shield", "count": 4, "total_s": 0.05},
         {"line": "py/analytics/pipeline/writer.py:232 in _write", "count": 1, "total_s": 0.06},
     ]
-    assert lt.stall_culprits(b"", top=3) == []
+    assert stalls.stall_culprits(b"", top=3) == []

@@ -1,4 +1,4 @@
-// k6 load for the harness (`analytics loadtest`, `just load`): an open model, so a stalled
+// k6 load for the harness (`just load`, benches/harness): an open model, so a stalled
 // server shows in the tail latency, not as a politely slower client. Every request carries
 // `X-Scenario`; every event has a unique id, so each one is new and must be committed.
 //
@@ -15,8 +15,8 @@
 //   PRE_VUS    VUs started before the step
 //   TIMEOUT    per-request timeout (10s)   SUMMARY  where handleSummary writes its JSON
 //
-// Run through `analytics loadtest`, which starts the server, reads this script's summary
-// and the server's /metrics around each step.
+// Run through `just load` (benches/harness), which starts the server, reads this script's
+// summary and the server's /metrics around each step.
 import http from "k6/http";
 import crypto from "k6/crypto";
 import exec from "k6/execution";
