@@ -153,7 +153,6 @@ def add_commands(subparsers: Subparsers) -> None:
     p.set_defaults(handler=with_connection(_flags_set))
 
 
-#: Every registrar of subcommands; `serve` and `billing-stub` join here.
 def add_serve(subparsers: Subparsers) -> None:
     """`analytics serve`, imported only when the parser is built (it pulls in Hypercorn)."""
     from analytics.serve import add_serve_command
@@ -168,6 +167,7 @@ def add_billing_stub(subparsers: Subparsers) -> None:
     add_billing_stub_command(subparsers)
 
 
+#: Every registrar of subcommands, in the order `--help` lists them.
 REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (
     add_commands,
     add_serve,
