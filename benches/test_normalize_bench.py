@@ -9,8 +9,8 @@ import threading
 import orjson
 import pytest
 
-from analytics import reference
 from analytics.normalize import normalize_batch
+from benches import normalize_reference as reference
 from conftest import NOW_US, batch_body, single_event_body
 
 SINGLE = single_event_body()

@@ -7,15 +7,20 @@ import pytest
 
 from analytics.normalize import (
     COPY_COLUMNS,
+    COPY_SCHEMA,
     DEDUP_FINGERPRINT,
+    ERROR_CODES,
+    ERROR_STATUS,
     TS_CLAMPED,
     TS_DEFAULTED,
     TS_SKEW_CORRECTED,
     Limits,
     NormalizeError,
+    SignatureError,
     normalize_batch,
+    verify_signature,
 )
-from analytics.reference import decode_copy
+from benches.normalize_reference import decode_copy
 
 NOW_US = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
 HOUR_US = 3_600_000_000
@@ -286,3 +291,66 @@ def test_body_cap_is_checked_before_parsing():
 def test_empty_batch_is_fine():
     batch, out = rows({"events": []})
     assert (batch.accepted, batch.total, out) == (0, 0, [])
+
+
+def test_every_error_code_is_unique_and_has_a_status():
+    codes = [code for code, _ in ERROR_CODES]
+    assert len(codes) == len(set(codes))
+    assert all(isinstance(status, int) and 400 <= status < 500 for _, status in ERROR_CODES)
+    assert dict(ERROR_STATUS) == dict(ERROR_CODES)
+
+
+def test_error_codes_and_their_statuses_never_change():
+    """Clients match on these strings: changing one is a breaking change of the API."""
+    assert dict(ERROR_CODES) == {
+        "unsupported_encoding": 415,
+        "invalid_gzip": 400,
+        "body_too_large": 413,
+        "decompression_bomb": 413,
+        "empty_body": 400,
+        "invalid_json": 400,
+        "invalid_shape": 400,
+        "invalid_sent_at": 400,
+        "too_many_events": 413,
+        "event_too_large": 400,
+        "invalid_event": 400,
+        "duplicate_key": 400,
+        "missing_name": 400,
+        "invalid_name": 400,
+        "invalid_event_id": 400,
+        "invalid_ts": 400,
+        "invalid_user_id": 400,
+        "invalid_value": 400,
+        "invalid_properties": 400,
+        "malformed_signature": 401,
+        "stale_signature": 401,
+        "future_signature": 401,
+        "bad_signature": 401,
+    }
+
+
+def test_raised_errors_carry_the_status_of_their_code():
+    with pytest.raises(NormalizeError) as body:
+        normalize_batch(b"x", NOW_US, content_encoding="br")
+    assert (body.value.code, body.value.status) == ("unsupported_encoding", 415)
+    with pytest.raises(SignatureError) as signature:
+        verify_signature(b"secret", "t=1", b"", 1)
+    assert (signature.value.code, signature.value.status) == ("malformed_signature", 401)
+
+
+def test_copy_columns_are_the_schema_names_in_order():
+    assert COPY_COLUMNS == tuple(name for name, _ in COPY_SCHEMA)
+    assert len(set(COPY_COLUMNS)) == len(COPY_COLUMNS)
+    assert dict(COPY_SCHEMA)["flags"] == "smallint"
+
+
+def test_limits_take_keywords_and_keep_defaults():
+    limits = Limits(max_events=1, max_future_us=5)
+    assert (limits.max_events, limits.max_future_us) == (1, 5)
+    assert limits.max_body_bytes == Limits().max_body_bytes == 5 * 1024 * 1024
+    assert limits == Limits(max_future_us=5, max_events=1) != Limits()
+    assert repr(Limits()).startswith("Limits(max_body_bytes=5242880, max_ratio=100, ")
+    with pytest.raises(TypeError):
+        Limits(max_evnts=1)
+    with pytest.raises(TypeError):
+        Limits(1)  # type: ignore[misc]

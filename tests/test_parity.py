@@ -1,6 +1,7 @@
 """Property-based tests: the Rust extension and the pure-Python reference agree row for row,
 and no input, however broken, gets anything but a result or a coded NormalizeError."""
 
+import dataclasses
 import gzip
 import json
 import math
@@ -9,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics import _normalize as rust
-from analytics import reference
+from benches import normalize_reference as reference
 
 NOW_US = 1_700_000_000_000_000
 
@@ -136,6 +137,14 @@ def bodies(draw):
         body = gzip.compress(body)
         kwargs["content_encoding"] = "gzip"
     return body, kwargs, limits
+
+
+def test_reference_limits_have_the_extension_defaults():
+    rust_defaults, reference_defaults = rust.Limits(), reference.Limits()
+    names = {field.name for field in dataclasses.fields(reference_defaults)}
+    assert names == {name for name in dir(rust_defaults) if name.startswith("max_")}
+    for name in names:
+        assert getattr(rust_defaults, name) == getattr(reference_defaults, name), name
 
 
 def outcome(impl, body, kwargs, limits):

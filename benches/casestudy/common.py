@@ -52,7 +52,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from analytics import reference
 from analytics.billing.sdk import BillingClient, BillingError
 from analytics.normalize import normalize_event_name
 from analytics.runtime.watchdog import PACKAGE_DIR, LoopWatchdog, RequestContext
@@ -61,16 +60,10 @@ from analytics.store.keys import KeyInfo
 from analytics.store.keys import _hash as key_hash  # the same key format and hash as the service
 from analytics.store.keys import _parse as parse_key
 from analytics.store.partitions import ensure_partitions
+from benches import normalize_reference as reference
 
 HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
-#: HTTP status of each whole-body normalization error (the real service's mapping; others 400).
-NORMALIZE_STATUS = {
-    "body_too_large": 413,
-    "decompression_bomb": 413,
-    "too_many_events": 413,
-    "unsupported_encoding": 415,
-}
 STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 USAGE_WINDOW = timedelta(minutes=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -154,7 +147,7 @@ def normalize(
     received_at_us: int,
 ) -> reference.NormalizedBatch:
     """Signature check (when the key has a signing secret) and normalization, both in pure
-    Python (`analytics.reference`). BURNS CPU, holding the GIL."""
+    Python (`benches.normalize_reference`). BURNS CPU, holding the GIL."""
     if key.signing_secret is not None:
         if not signature:
             raise ApiError(401, "missing_signature", "this key requires an X-Signature header")
@@ -177,7 +170,7 @@ def normalize(
             limits=deps.batch_limits if batch else deps.event_limits,
         )
     except reference.NormalizeError as e:
-        raise ApiError(NORMALIZE_STATUS.get(e.code, 400), e.code, str(e.args[1])) from None
+        raise ApiError(e.status, e.code, str(e.args[1])) from None
 
 
 DEDUP_SQL = """

@@ -3,12 +3,8 @@
 The rules are in rust/normalize/README.md. Every function runs with the GIL released.
 
 `NormalizedBatch.copy_data` holds PostgreSQL binary COPY tuples (no file header or trailer,
-so payloads from many requests concatenate), 10 columns in this order:
-
-    1 customer_id  text         4 name         text          7 user_id     text NULL
-    2 dedup_key    text         5 ts           timestamptz   8 value       float8 NULL
-    3 event_id     text NULL    6 received_at  timestamptz   9 properties  jsonb
-                                                            10 flags       int2
+so payloads from many requests concatenate), one field per column of `COPY_SCHEMA`, in its
+order.
 
 `flags` bits: TS_CLAMPED, TS_SKEW_CORRECTED, TS_DEFAULTED, DEDUP_FINGERPRINT.
 """
@@ -20,15 +16,28 @@ TS_SKEW_CORRECTED: Final[int]
 TS_DEFAULTED: Final[int]
 DEDUP_FINGERPRINT: Final[int]
 
+ERROR_CODES: Final[tuple[tuple[str, int], ...]]
+"""(code, HTTP status) of every error code, from the crate's `ErrorCode` enum (error.rs).
+
+Whole-body size errors are 413, `unsupported_encoding` 415, signature errors 401, the rest
+400 (a per-event code has the status it would have as a whole-request error)."""
+
+COPY_SCHEMA: Final[tuple[tuple[str, str], ...]]
+"""(column, PostgreSQL type) of every field of a COPY tuple, in the order written (event.rs)."""
+
 class NormalizeError(ValueError):
     """A whole body was refused. `args == (code, message)`."""
 
     code: str
+    status: int
+    """The HTTP status of `code` (from `ERROR_CODES`)."""
 
 class SignatureError(ValueError):
     """A signature check failed. `args == (code, message)`."""
 
     code: str
+    status: int
+    """The HTTP status of `code` (from `ERROR_CODES`): 401."""
 
 class Limits:
     """Size and complexity caps; any field may be overridden by keyword."""

@@ -1,14 +1,22 @@
 """The public face of the Rust normalizer (`analytics._normalize`).
 
 Callers import from here, never from the private extension. The rules live in
-rust/normalize/README.md; the COPY column order in `COPY_COLUMNS` (and in the stub).
+rust/normalize/README.md. The facts both sides need are declared once, in the Rust crate,
+and only read here: `ERROR_CODES` (every error code with its HTTP status; also `.status` on
+a raised `NormalizeError`/`SignatureError`) and `COPY_SCHEMA` (the COPY columns in order,
+with their PostgreSQL types).
 
 Every function here runs its work with the GIL released, so large bodies may be handed to
 a worker thread and run in parallel with the event loop and with each other.
 """
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from analytics._normalize import (
+    COPY_SCHEMA,
     DEDUP_FINGERPRINT,
+    ERROR_CODES,
     TS_CLAMPED,
     TS_DEFAULTED,
     TS_SKEW_CORRECTED,
@@ -23,22 +31,17 @@ from analytics._normalize import (
 )
 
 #: Columns of each binary COPY tuple in `NormalizedBatch.copy_data`, in order.
-COPY_COLUMNS: tuple[str, ...] = (
-    "customer_id",
-    "dedup_key",
-    "event_id",
-    "name",
-    "ts",
-    "received_at",
-    "user_id",
-    "value",
-    "properties",
-    "flags",
-)
+COPY_COLUMNS: tuple[str, ...] = tuple(name for name, _ in COPY_SCHEMA)
+
+#: The HTTP status of every normalization and signature error code.
+ERROR_STATUS: Mapping[str, int] = MappingProxyType(dict(ERROR_CODES))
 
 __all__ = [
     "COPY_COLUMNS",
+    "COPY_SCHEMA",
     "DEDUP_FINGERPRINT",
+    "ERROR_CODES",
+    "ERROR_STATUS",
     "TS_CLAMPED",
     "TS_DEFAULTED",
     "TS_SKEW_CORRECTED",

@@ -1,4 +1,9 @@
-"""Errors as JSON with a stable machine-readable `code`: `{"code": ..., "message": ...}`."""
+"""Errors as JSON with a stable machine-readable `code`: `{"code": ..., "message": ...}`.
+
+The codes and statuses of normalization and signature errors are the Rust crate's registry
+(`analytics.normalize.ERROR_CODES`); a raised `NormalizeError`/`SignatureError` carries its
+`.status`, so nothing here maps them again.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,6 @@ from starlette.responses import Response
 from analytics.runtime import metrics
 
 log = logging.getLogger(__name__)
-
-#: HTTP status for each whole-body normalization error code (others are 400).
-NORMALIZE_STATUS = {
-    "body_too_large": 413,
-    "decompression_bomb": 413,
-    "too_many_events": 413,
-    "unsupported_encoding": 415,
-}
 
 
 class ApiError(Exception):

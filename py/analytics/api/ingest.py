@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.auth import authenticate, rate_limit
-from analytics.api.errors import NORMALIZE_STATUS, ApiError, json_response
+from analytics.api.errors import ApiError, json_response
 from analytics.api.observe import timed
 from analytics.api.state import services_of
 from analytics.normalize import NormalizeError, SignatureError, normalize_batch, verify_signature
@@ -111,7 +111,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
             # Small bodies take microseconds in Rust: cheaper inline than a thread hop.
             result = normalize() if inline else await svc.offload.run("cpu", normalize)
     except NormalizeError as e:
-        raise ApiError(NORMALIZE_STATUS.get(e.code, 400), e.code, str(e.args[1])) from None
+        raise ApiError(e.status, e.code, str(e.args[1])) from None
     for _, code, _ in result.rejected:
         metrics.rejections.labels(code).inc()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from analytics.normalize import COPY_COLUMNS
+from analytics.normalize import COPY_COLUMNS, COPY_SCHEMA
 from analytics.store.dimensions import dimension_expr
 from analytics.store.notify import INVALIDATE
 
@@ -17,14 +17,14 @@ COPY_TRAILER = struct.pack("!h", -1)
 
 
 # temp_buffers only takes effect before the session's first temp table: it comes first, so a
-# staging load stays in memory instead of spilling to temp files.
-CREATE_STAGING = """
+# staging load stays in memory instead of spilling to temp files. The columns are the Rust
+# encoder's (`COPY_SCHEMA`, in the order it writes them), then the load order `ord`.
+CREATE_STAGING = f"""
 SET temp_buffers = '128MB';
 SET work_mem = '64MB';
 CREATE TEMP TABLE IF NOT EXISTS staging (
-    customer_id text, dedup_key text, event_id text, name text, ts timestamptz,
-    received_at timestamptz, user_id text, value double precision, properties jsonb,
-    flags smallint, ord bigint GENERATED ALWAYS AS IDENTITY
+    {", ".join(f"{column} {pg_type}" for column, pg_type in COPY_SCHEMA)},
+    ord bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS;
 CREATE INDEX IF NOT EXISTS staging_key ON staging (customer_id, dedup_key, ord)
 """

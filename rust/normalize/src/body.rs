@@ -1,6 +1,6 @@
 //! A request body to events: decompression with caps, JSON and NDJSON framing, batch shape.
 
-use crate::error::BodyError;
+use crate::error::{BodyError, ErrorCode};
 use crate::json::{self, KeySeed, Seed, J, MAX_DEPTH};
 use crate::limits::Limits;
 use crate::time;
@@ -54,7 +54,7 @@ pub fn decode<'a>(
     }
     if !encoding.eq_ignore_ascii_case("gzip") {
         return Err(BodyError::new(
-            "unsupported_encoding",
+            ErrorCode::UnsupportedEncoding,
             format!("content encoding {encoding:?} is not supported; use gzip or identity"),
         ));
     }
@@ -64,9 +64,9 @@ pub fn decode<'a>(
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(cap));
     let mut chunk = [0u8; 64 * 1024];
     loop {
-        let n = decoder
-            .read(&mut chunk)
-            .map_err(|e| BodyError::new("invalid_gzip", format!("gzip body is corrupt: {e}")))?;
+        let n = decoder.read(&mut chunk).map_err(|e| {
+            BodyError::new(ErrorCode::InvalidGzip, format!("gzip body is corrupt: {e}"))
+        })?;
         if n == 0 {
             return Ok(Cow::Owned(out));
         }
@@ -74,12 +74,12 @@ pub fn decode<'a>(
         if out.len() > cap {
             return Err(if limits.max_body_bytes <= bomb_cap {
                 BodyError::new(
-                    "body_too_large",
+                    ErrorCode::BodyTooLarge,
                     format!("decompressed body is over {} bytes", limits.max_body_bytes),
                 )
             } else {
                 BodyError::new(
-                    "decompression_bomb",
+                    ErrorCode::DecompressionBomb,
                     format!("gzip body expands more than {}x", limits.max_ratio),
                 )
             });
@@ -88,16 +88,19 @@ pub fn decode<'a>(
 }
 
 fn invalid_json(e: impl fmt::Display) -> BodyError {
-    BodyError::new("invalid_json", format!("body is not valid JSON: {e}"))
+    BodyError::new(
+        ErrorCode::InvalidJson,
+        format!("body is not valid JSON: {e}"),
+    )
 }
 
 fn invalid_shape(message: &str) -> BodyError {
-    BodyError::new("invalid_shape", message)
+    BodyError::new(ErrorCode::InvalidShape, message)
 }
 
 fn too_many(limits: &Limits) -> BodyError {
     BodyError::new(
-        "too_many_events",
+        ErrorCode::TooManyEvents,
         format!("a batch holds at most {} events", limits.max_events),
     )
 }
@@ -106,13 +109,13 @@ fn too_many(limits: &Limits) -> BodyError {
 pub fn frame<'a>(body: &'a [u8], ndjson: bool, limits: &Limits) -> Result<Events<'a>, BodyError> {
     if body.len() > limits.max_body_bytes {
         return Err(BodyError::new(
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("body is over {} bytes", limits.max_body_bytes),
         ));
     }
     let trimmed = trim_json_ws(body);
     if trimmed.is_empty() {
-        return Err(BodyError::new("empty_body", "body is empty"));
+        return Err(BodyError::new(ErrorCode::EmptyBody, "body is empty"));
     }
     if ndjson {
         frame_ndjson(body, limits)
@@ -276,7 +279,7 @@ fn frame_json<'a>(
         None | Some(J::Null) => None,
         Some(v) => Some(time::from_json(v).ok_or_else(|| {
             BodyError::new(
-                "invalid_sent_at",
+                ErrorCode::InvalidSentAt,
                 "sent_at must be an RFC 3339 string or epoch milliseconds",
             )
         })?),

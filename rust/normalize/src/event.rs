@@ -3,8 +3,8 @@
 //! The rules and their order are the README's "Per event" section; the first failing check
 //! rejects the event with its code.
 
-use crate::copy;
-use crate::error::{reject, EventError};
+use crate::copy::{self, copy_row};
+use crate::error::{reject, ErrorCode, EventError};
 use crate::json::J;
 use crate::limits::Limits;
 use crate::time;
@@ -16,8 +16,21 @@ pub const TS_SKEW_CORRECTED: i16 = 2;
 pub const TS_DEFAULTED: i16 = 4;
 pub const DEDUP_FINGERPRINT: i16 = 8;
 
-/// Number of columns in a COPY tuple (see the README's column table).
-pub const COLUMNS: i16 = 10;
+copy_row! {
+    /// From the caller (the API key's customer), never from the body.
+    customer_id: &'r str = "text" => copy::text,
+    dedup_key: &'r str = "text" => copy::text,
+    event_id: Option<&'r str> = "text" => copy::opt_text,
+    name: &'r str = "text" => copy::text,
+    ts: i64 = "timestamptz" => copy::timestamptz,
+    received_at: i64 = "timestamptz" => copy::timestamptz,
+    user_id: Option<&'r str> = "text" => copy::opt_text,
+    value: Option<f64> = "double precision" => copy::opt_float8,
+    /// Flattened, in key order; written as a compact JSON object.
+    properties: &'r [(Cow<'r, str>, Leaf<'r>)] = "jsonb" => write_properties,
+    /// TS_CLAMPED | TS_SKEW_CORRECTED | TS_DEFAULTED | DEDUP_FINGERPRINT.
+    flags: i16 = "smallint" => copy::int2,
+}
 
 /// What every event of one request shares.
 pub struct Context<'c> {
@@ -67,10 +80,13 @@ pub fn encode(
 ) -> Result<(), EventError> {
     let limits = ctx.limits;
     let J::Obj(pairs) = event else {
-        return reject("invalid_event", "event must be a JSON object");
+        return reject(ErrorCode::InvalidEvent, "event must be a JSON object");
     };
     if let Some(key) = first_duplicate(pairs.iter().map(|(k, _)| k.as_ref())) {
-        return reject("duplicate_key", format!("key {key:?} appears twice"));
+        return reject(
+            ErrorCode::DuplicateKey,
+            format!("key {key:?} appears twice"),
+        );
     }
     let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
 
@@ -79,7 +95,7 @@ pub fn encode(
         field("event_id"),
         limits.max_event_id_chars,
         false,
-        "invalid_event_id",
+        ErrorCode::InvalidEventId,
         "event_id",
     )?;
     let client_ts = match field("ts") {
@@ -88,7 +104,7 @@ pub fn encode(
             Some(us) => Some(us),
             None => {
                 return reject(
-                    "invalid_ts",
+                    ErrorCode::InvalidTs,
                     "ts must be an RFC 3339 string or epoch milliseconds between 1970 and 9999",
                 )
             }
@@ -99,7 +115,7 @@ pub fn encode(
         field("user_id"),
         limits.max_user_id_chars,
         true,
-        "invalid_user_id",
+        ErrorCode::InvalidUserId,
         "user_id",
     )?;
     let value = match field("value") {
@@ -107,12 +123,12 @@ pub fn encode(
         Some(J::I64(v)) => Some(*v as f64),
         Some(J::U64(v)) => Some(*v as f64),
         Some(J::F64(v)) => Some(*v),
-        Some(_) => return reject("invalid_value", "value must be a number"),
+        Some(_) => return reject(ErrorCode::InvalidValue, "value must be a number"),
     };
     let properties = match field("properties") {
         None | Some(J::Null) => Vec::new(),
         Some(J::Obj(pairs)) => flatten(pairs, limits)?,
-        Some(_) => return reject("invalid_properties", "properties must be an object"),
+        Some(_) => return reject(ErrorCode::InvalidProperties, "properties must be an object"),
     };
 
     let fingerprint_key;
@@ -132,20 +148,19 @@ pub fn encode(
         }
     };
 
-    copy::tuple(out, COLUMNS);
-    copy::text(out, ctx.customer_id);
-    copy::text(out, &dedup_key);
-    copy::opt_text(out, event_id.as_deref());
-    copy::text(out, &name);
-    copy::timestamptz(out, ts);
-    copy::timestamptz(out, ctx.received_at_us);
-    copy::opt_text(out, user_id.as_deref());
-    copy::opt_float8(out, value);
-    let start = copy::begin_field(out);
-    out.push(copy::JSONB_VERSION);
-    write_properties(out, &properties);
-    copy::end_field(out, start);
-    copy::int2(out, flags);
+    Row {
+        customer_id: ctx.customer_id,
+        dedup_key: &dedup_key,
+        event_id: event_id.as_deref(),
+        name: &name,
+        ts,
+        received_at: ctx.received_at_us,
+        user_id: user_id.as_deref(),
+        value,
+        properties: &properties,
+        flags,
+    }
+    .write(out);
     Ok(())
 }
 
@@ -158,9 +173,9 @@ fn first_duplicate<'k>(keys: impl Iterator<Item = &'k str>) -> Option<&'k str> {
 /// Trim, collapse inner whitespace to one space, lowercase.
 pub fn normalize_name(v: Option<&J>, limits: &Limits) -> Result<String, EventError> {
     let raw = match v {
-        None | Some(J::Null) => return reject("missing_name", "name is required"),
+        None | Some(J::Null) => return reject(ErrorCode::MissingName, "name is required"),
         Some(J::Str(s)) => s,
-        _ => return reject("invalid_name", "name must be a string"),
+        _ => return reject(ErrorCode::InvalidName, "name must be a string"),
     };
     let mut collapsed = String::with_capacity(raw.len());
     for word in raw.split(is_ws).filter(|w| !w.is_empty()) {
@@ -178,12 +193,15 @@ pub fn normalize_name(v: Option<&J>, limits: &Limits) -> Result<String, EventErr
     let n = chars(&name);
     if n == 0 || n > limits.max_name_chars {
         return reject(
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!("name must be 1-{} characters", limits.max_name_chars),
         );
     }
     if name.chars().any(char::is_control) {
-        return reject("invalid_name", "name must not contain control characters");
+        return reject(
+            ErrorCode::InvalidName,
+            "name must not contain control characters",
+        );
     }
     Ok(name)
 }
@@ -193,7 +211,7 @@ fn bounded_text<'j>(
     v: Option<&'j J>,
     max_chars: usize,
     integers: bool,
-    code: &'static str,
+    code: ErrorCode,
     what: &str,
 ) -> Result<Option<Cow<'j, str>>, EventError> {
     let s: Cow<str> = match v {
@@ -228,7 +246,10 @@ fn event_time(client_ts: Option<i64>, ctx: &Context) -> Result<(i64, i16), Event
         (Some(ts), Some(sent)) => {
             let corrected = recv - (sent - ts);
             if !time::in_range(corrected) {
-                return reject("invalid_ts", "ts corrected for clock skew is out of range");
+                return reject(
+                    ErrorCode::InvalidTs,
+                    "ts corrected for clock skew is out of range",
+                );
             }
             (corrected, TS_SKEW_CORRECTED)
         }
@@ -241,7 +262,7 @@ fn event_time(client_ts: Option<i64>, ctx: &Context) -> Result<(i64, i16), Event
 }
 
 fn invalid(message: impl Into<String>) -> EventError {
-    ("invalid_properties", message.into())
+    (ErrorCode::InvalidProperties, message.into())
 }
 
 /// Flattens `properties` to sorted dotted keys, enforcing the README's property rules.
@@ -260,14 +281,14 @@ fn flatten<'j>(
     }
     if let Some(key) = repeated {
         return reject(
-            "duplicate_key",
+            ErrorCode::DuplicateKey,
             format!("property key {key:?} appears twice"),
         );
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
         return reject(
-            "duplicate_key",
+            ErrorCode::DuplicateKey,
             format!("property {:?} appears twice", w[0].0),
         );
     }
@@ -469,16 +490,66 @@ fn write_leaf(out: &mut Vec<u8>, leaf: &Leaf) {
     }
 }
 
-/// The flattened properties as a compact JSON object in key order.
+/// The flattened properties as a jsonb field: a compact JSON object in key order.
 fn write_properties(out: &mut Vec<u8>, properties: &[(Cow<str>, Leaf)]) {
-    out.push(b'{');
-    for (i, (key, leaf)) in properties.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    copy::jsonb(out, |out| {
+        out.push(b'{');
+        for (i, (key, leaf)) in properties.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut *out, key.as_ref());
+            out.push(b':');
+            write_leaf(out, leaf);
         }
-        let _ = serde_json::to_writer(&mut *out, key.as_ref());
-        out.push(b':');
-        write_leaf(out, leaf);
+        out.push(b'}');
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_the_copy_columns_in_order() {
+        // Rows of the README's column table: `| # | column | type | encoding |`.
+        let readme = include_str!("../README.md");
+        let documented: Vec<&str> = readme
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                match cells.as_slice() {
+                    ["", n, column, ..] if n.parse::<usize>().is_ok() => Some(*column),
+                    _ => None,
+                }
+            })
+            .collect();
+        let names: Vec<&str> = COPY_SCHEMA.iter().map(|(name, _)| *name).collect();
+        assert_eq!(documented, names);
     }
-    out.push(b'}');
+
+    #[test]
+    fn a_row_has_one_field_per_column() {
+        let mut out = Vec::new();
+        Row {
+            customer_id: "c",
+            dedup_key: "id:1",
+            event_id: Some("1"),
+            name: "x",
+            ts: 0,
+            received_at: 0,
+            user_id: None,
+            value: None,
+            properties: &[],
+            flags: 0,
+        }
+        .write(&mut out);
+        assert_eq!(out[..2], (COPY_SCHEMA.len() as i16).to_be_bytes());
+        let mut rest = &out[2..];
+        for _ in COPY_SCHEMA {
+            let len = i32::from_be_bytes(rest[..4].try_into().unwrap());
+            rest = &rest[4 + usize::try_from(len).unwrap_or(0)..];
+        }
+        assert!(rest.is_empty());
+    }
 }

@@ -15,7 +15,7 @@ pub mod time;
 #[cfg(feature = "python")]
 mod python;
 
-pub use error::{BodyError, Rejection};
+pub use error::{BodyError, ErrorCode, Rejection};
 pub use limits::Limits;
 
 /// The result of one request body.
@@ -54,7 +54,7 @@ pub fn normalize_batch(
         // The size cap comes first, so an oversized line is never parsed for its verdict.
         let result = if f.raw_len > limits.max_event_bytes {
             Err((
-                "event_too_large",
+                ErrorCode::EventTooLarge,
                 format!(
                     "event is {} bytes, over {}",
                     f.raw_len, limits.max_event_bytes
@@ -63,7 +63,10 @@ pub fn normalize_batch(
         } else {
             match &f.event {
                 Ok(j) => event::encode(j, index, &ctx, &mut scratch, &mut out.copy_data),
-                Err(e) => Err(("invalid_json", format!("event is not valid JSON: {e}"))),
+                Err(e) => Err((
+                    ErrorCode::InvalidJson,
+                    format!("event is not valid JSON: {e}"),
+                )),
             }
         };
         match result {

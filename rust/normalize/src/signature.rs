@@ -1,6 +1,7 @@
 //! `X-Signature` checks: HMAC-SHA256 over `"<t>." + body`, several `v1` for key rotation,
 //! constant-time comparison, and a replay window on both sides of now.
 
+use crate::error::ErrorCode;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -16,12 +17,12 @@ pub enum SignatureError {
 }
 
 impl SignatureError {
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> ErrorCode {
         match self {
-            SignatureError::Malformed(_) => "malformed_signature",
-            SignatureError::Stale => "stale_signature",
-            SignatureError::Future => "future_signature",
-            SignatureError::Mismatch => "bad_signature",
+            SignatureError::Malformed(_) => ErrorCode::MalformedSignature,
+            SignatureError::Stale => ErrorCode::StaleSignature,
+            SignatureError::Future => ErrorCode::FutureSignature,
+            SignatureError::Mismatch => ErrorCode::BadSignature,
         }
     }
 
