@@ -296,3 +296,18 @@ def test_enrichment_flag_switches_user_agent_parsing_at_run_time(env):
     grouped = metrics(env, event="visit", group_by="browser").json()
     totals = {s["group"]: sum(p["value"] for p in s["points"]) for s in grouped["series"]}
     assert totals == {"Firefox": 1}  # only the event written while enrichment was on
+
+
+@pytest.mark.parametrize(
+    ("declared", "status", "code"),
+    [
+        ("\u00b2".encode("latin-1"), 400, "invalid_content_length"),  # str.isdigit() says yes
+        (b"-1", 400, "invalid_content_length"),
+        (b"12a", 400, "invalid_content_length"),
+        (b"1" * 5000, 413, "body_too_large"),  # a number, too long for int() to parse
+    ],
+    ids=["superscript", "negative", "suffix", "5000-digits"],
+)
+def test_content_length_that_is_no_ascii_number_is_refused(env, declared, status, code):
+    r = post(env, "/v1/events", b'{"name": "x"}', headers={"Content-Length": declared})
+    assert (r.status_code, r.json()["code"]) == (status, code)

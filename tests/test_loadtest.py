@@ -15,6 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from analytics.normalize import verify_signature
+from analytics.runtime.histogram import bucket_quantile
+from analytics.store.bootstrap import CustomerKeys
+from analytics.store.keys import CreatedKey
 from benches.harness import (
     cli,
     k6,
@@ -28,11 +33,6 @@ from benches.harness import (
     stalls,
     timings,
 )
-
-from analytics.normalize import verify_signature
-from analytics.runtime.histogram import bucket_quantile
-from analytics.store.bootstrap import CustomerKeys
-from analytics.store.keys import CreatedKey
 
 INF = math.inf
 ROOT = Path(__file__).resolve().parents[1]

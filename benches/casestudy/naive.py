@@ -18,6 +18,10 @@ on it, so this file passes them untouched. That blind spot is part of the lesson
 
 from __future__ import annotations
 
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
 from benches.casestudy.common import (
     Config,
     Deps,
@@ -34,9 +38,6 @@ from benches.casestudy.common import (
     received_now,
     write_events,
 )
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
 
 
 async def _ingest_handler(request: Request, batch: bool) -> Response:

@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if not __package__:  # run as a script: make `benches.casestudy` importable
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-    from benches.casestudy.common import Config
     from hypercorn.asyncio import serve
 
     from analytics.serve import hypercorn_config
     from analytics.settings import Settings
+    from benches.casestudy.common import Config
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"

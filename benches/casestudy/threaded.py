@@ -13,6 +13,10 @@ normalizes in Python) for the whole blocking call.
 from __future__ import annotations
 
 from anyio.to_thread import run_sync
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
 from benches.casestudy.common import (
     Config,
     Deps,
@@ -29,9 +33,6 @@ from benches.casestudy.common import (
     received_now,
     write_events,
 )
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
 
 
 async def _ingest_handler(request: Request, batch: bool) -> Response:

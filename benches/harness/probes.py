@@ -18,10 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from benches.harness.httpclient import Http
-
 from analytics.normalize import sign
 from analytics.store.bootstrap import CustomerKeys
+from benches.harness.httpclient import Http
 
 
 def probe_request(

@@ -26,12 +26,12 @@ from typing import IO
 
 import anyio
 import asyncpg
-from benches.harness.cpu import pinned
-from benches.harness.httpclient import Http
 
 from analytics.billing import stub as billing_stub
 from analytics.store.bootstrap import CustomerKeys, customer_with_keys, prepare
 from analytics.store.embedded import start_embedded, stop_embedded
+from benches.harness.cpu import pinned
+from benches.harness.httpclient import Http
 
 #: The checkout: the servers run from it (`-m benches.casestudy.serve`), results go under it.
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from analytics.normalize import ERROR_STATUS
 from analytics.runtime import metrics
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+    @classmethod
+    def of(cls, code: str, message: str, headers: dict[str, str] | None = None) -> ApiError:
+        """An error whose code is in the normalizer's registry, with the status declared there."""
+        return cls(ERROR_STATUS[code], code, message, headers)
 
 
 def json_response(

@@ -45,7 +45,7 @@ def _media(request: Request, batch: bool) -> bool:
 def _encoding(request: Request) -> str:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
-        raise ApiError(415, "unsupported_encoding", "Content-Encoding must be gzip or identity")
+        raise ApiError.of("unsupported_encoding", "Content-Encoding must be gzip or identity")
     return encoding
 
 
@@ -53,15 +53,16 @@ async def read_body(request: Request, cap: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `cap` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        # ASCII digits only ("²".isdigit() is true), and few enough for int() to take.
+        if not (declared.isascii() and declared.isdigit()):
             raise ApiError(400, "invalid_content_length", "Content-Length must be a number")
-        if int(declared) > cap:
-            raise ApiError(413, "body_too_large", f"body is over {cap} bytes")
+        if len(declared) > 18 or int(declared) > cap:
+            raise ApiError.of("body_too_large", f"body is over {cap} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > cap:
-            raise ApiError(413, "body_too_large", f"body is over {cap} bytes")
+            raise ApiError.of("body_too_large", f"body is over {cap} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -95,7 +96,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
             with timed(request, "signature"):
                 check() if inline else await svc.offload.run("cpu", check)
         except SignatureError as e:
-            raise ApiError(401, e.code, str(e.args[1])) from None
+            raise ApiError(e.status, e.code, str(e.args[1])) from None
 
     normalize = functools.partial(
         normalize_batch,
