@@ -15,7 +15,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -29,14 +28,8 @@ import asyncpg
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from analytics.pipeline.sql import (
-    COPY_COLUMNS,
-    COPY_HEADER,
-    COPY_TRAILER,
-    CREATE_STAGING,
-    commit_sql,
-)
 from analytics.runtime import metrics
+from analytics.store.group_commit import commit_sql, prepare_connection, write_group
 
 log = logging.getLogger(__name__)
 
@@ -250,15 +243,11 @@ class GroupCommitWriter:
     async def _write(
         self, conn: asyncpg.Connection, batch: list[Ticket], offsets: list[int]
     ) -> list[tuple[int, int]]:
-        data = b"".join([COPY_HEADER, *(t.payload for t in batch), COPY_TRAILER])
-        now = datetime.now(UTC)
-        async with conn.transaction():
-            await conn.copy_to_table(
-                "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
-            )
-            sql = self._sql[self._enrich()]
-            rows = await conn.fetch(sql, now, offsets, self._usage_window)
-        return [(r["req"], r["inserted"]) for r in rows if r["req"] >= 0]
+        sql = self._sql[self._enrich()]
+        payloads = [t.payload for t in batch]
+        return await write_group(
+            conn, payloads, offsets, datetime.now(UTC), self._usage_window, sql
+        )
 
 
 class _Lane:
@@ -271,7 +260,7 @@ class _Lane:
     async def connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect()
-            await self._conn.execute(CREATE_STAGING)
+            await prepare_connection(self._conn)
         return self._conn
 
     def drop(self) -> None:

@@ -1,11 +1,18 @@
-"""SQL of the group-commit writer, built once from the configured dimensions.
+"""The group-commit writer's database side: staging table, the one commit statement, and
+the transaction that runs them.
 
-Loop-agnostic: text only, no I/O.
+The statement is built once from the configured dimensions (text only); `write_group` is
+the only database call of a commit: COPY into staging, then the statement, in one
+transaction. The writer (pipeline/writer.py) owns batching, lanes and their connections.
 """
 
 from __future__ import annotations
 
+import io
 import struct
+from datetime import datetime, timedelta
+
+import asyncpg
 
 from analytics.normalize import COPY_COLUMNS, COPY_SCHEMA
 from analytics.store.dimensions import dimension_expr
@@ -105,10 +112,26 @@ SELECT -1, count(*) FROM notified
 """
 
 
-__all__ = [
-    "COPY_COLUMNS",
-    "COPY_HEADER",
-    "COPY_TRAILER",
-    "CREATE_STAGING",
-    "commit_sql",
-]
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Make a new writer connection ready: its session settings and staging table."""
+    await conn.execute(CREATE_STAGING)
+
+
+async def write_group(
+    conn: asyncpg.Connection,
+    payloads: list[bytes],
+    offsets: list[int],
+    now: datetime,
+    usage_window: timedelta,
+    sql: str,
+) -> list[tuple[int, int]]:
+    """Commit the COPY tuples of several requests in one transaction with `sql` (a
+    `commit_sql` statement); (request index, rows inserted) for each request that inserted
+    any. `offsets` are each request's first row in the concatenated payloads."""
+    data = b"".join([COPY_HEADER, *payloads, COPY_TRAILER])
+    async with conn.transaction():
+        await conn.copy_to_table(
+            "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
+        )
+        rows = await conn.fetch(sql, now, offsets, usage_window)
+    return [(r["req"], r["inserted"]) for r in rows if r["req"] >= 0]
