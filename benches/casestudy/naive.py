@@ -4,7 +4,7 @@ DELIBERATE ANTI-EXAMPLE, kept only as a baseline for the load harness. Each hand
 asynchronous, but every step that matters runs synchronously on the loop thread:
 
 1. the key lookup (a synchronous psycopg query),
-2. the signature check and normalization (pure Python, `analytics.reference`),
+2. the signature check and normalization (pure Python, `benches.normalize_reference`),
 3. the write (dedup, events, rollups through synchronous psycopg),
 4. the billing notification (the vendor's blocking SDK),
 
