@@ -12,7 +12,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from analytics.runtime import watchdog as wd_module
+from analytics.runtime.deadline_timer import DeadlineTimer
 from analytics.runtime.watchdog import LoopWatchdog
 
 TASKS, STEPS = 100, 3000  # ~0.3-0.5 s a run: the fixed cost of entering (~1 ms) stays small
@@ -49,7 +49,7 @@ def test_watchdog_overhead(benchmark, monkeypatch, backend, watchdog):
     name, options = BACKENDS[backend]
     main = workload if watchdog == "off" else watched
     if watchdog == "polling":
-        monkeypatch.setattr(wd_module.DeadlineTimer, "create", lambda delay: None)
+        monkeypatch.setattr(DeadlineTimer, "create", lambda delay: None)
     benchmark.extra_info["events"] = TASKS * STEPS
     benchmark.pedantic(
         anyio.run,

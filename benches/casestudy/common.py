@@ -54,7 +54,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from analytics.billing.sdk import BillingClient, BillingError
 from analytics.normalize import normalize_event_name
-from analytics.runtime.watchdog import PACKAGE_DIR, LoopWatchdog, RequestContext
+from analytics.runtime.request_context import RequestContext
+from analytics.runtime.stalls import PACKAGE_DIR
+from analytics.runtime.watchdog import LoopWatchdog
 from analytics.settings import Settings
 from analytics.store.keys import KeyInfo
 from analytics.store.keys import _hash as key_hash  # the same key format and hash as the service

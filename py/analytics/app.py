@@ -27,8 +27,9 @@ from analytics.pipeline.gauges import sample_gauges
 from analytics.pipeline.maintenance import run_maintenance
 from analytics.pipeline.services import build_services
 from analytics.runtime.logs import configure_logging
+from analytics.runtime.request_context import RequestContext
 from analytics.runtime.supervise import supervised
-from analytics.runtime.watchdog import RequestContext, watch_loop
+from analytics.runtime.watchdog import watch_loop
 from analytics.settings import Settings
 from analytics.store.flag_overrides import load_overrides
 from analytics.store.partitions import ensure_partitions

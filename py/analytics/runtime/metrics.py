@@ -26,8 +26,10 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from analytics.runtime.histogram import BUCKETS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LAG_BUCKETS = BUCKETS  # the watchdog's own histograms' bounds: the same figures, one set
 
 http_requests = Counter(
     "analytics_http_requests_total",
