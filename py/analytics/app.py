@@ -87,7 +87,7 @@ def lifespan(settings: Settings, context: RequestContext):
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     context = RequestContext()
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/events", ingest.ingest_event, methods=["POST"]),
             Route("/v1/batch", ingest.ingest_batch, methods=["POST"]),
@@ -103,6 +103,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=lifespan(settings, context),
     )
+    # No trailing-slash redirects: Starlette builds their Location from the Host header, so
+    # any client could have it point elsewhere. `/v1/events/` is a plain 404.
+    app.router.redirect_slashes = False
+    return app
 
 
 def app_from_env() -> Starlette:

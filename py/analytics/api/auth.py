@@ -2,7 +2,8 @@
 
 Lookups go through a per-process cache (`runtime.ttlcache`, 10 s, hits and misses), so a
 revoked key stops working within that time on every worker without a database round trip
-per request.
+per request. A key not in the cache while the database is unreachable gets a 503
+`database_unavailable` (api/dberrors.py); cached keys keep working through the outage.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 from starlette.requests import Request
 
+from analytics.api.dberrors import database_errors
 from analytics.api.errors import ApiError
 from analytics.runtime.ratelimit import TokenBuckets
 from analytics.runtime.ttlcache import TtlCache
@@ -22,7 +24,8 @@ KeyCache = TtlCache[str, KeyInfo | None]
 
 
 async def authenticate(request: Request, keys: KeyCache, scope: str) -> KeyInfo:
-    """The request's key, if valid and holding `scope`; 401/403 otherwise."""
+    """The request's key, if valid and holding `scope`; 401/403 otherwise, 503 if it must be
+    looked up while the database is unreachable."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
@@ -30,7 +33,8 @@ async def authenticate(request: Request, keys: KeyCache, scope: str) -> KeyInfo:
         raise ApiError(401, "missing_key", "send Authorization: Bearer <key>")
     if len(key) > 256:
         raise ApiError(401, "invalid_key", "unknown or revoked API key")
-    info = await keys.get(key)
+    with database_errors("key lookup"):
+        info = await keys.get(key)
     if info is None:
         raise ApiError(401, "invalid_key", "unknown or revoked API key")
     if scope not in info.scopes:

@@ -1,7 +1,8 @@
 """ASGI middleware: request id, scenario, per-section timings, metrics and the access log.
 
 - `X-Request-ID` is taken from the request (when sane) or generated, and echoed back.
-- `X-Scenario` (a load-test or client label) goes into the access log and metric labels.
+- `X-Scenario` (a load-test or client label) goes into the access log as sent (when sane);
+  the metric label is one of `SCENARIOS`, "none" or "other", so clients cannot create series.
 - Handlers add section timings with `timed(request, "normalize")`; the access line carries
   them with the total, so a slow section is visible by name.
 - While the request runs, the watchdog's request context names it, so a loop stall report
@@ -27,6 +28,13 @@ access_log = logging.getLogger("analytics.access")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
+#: Scenario labels kept in metrics: the load harness's scenarios (benches/harness/plan.py),
+#: their freshness probes (`<scenario>_probe`) and its scrapes. Any other value is "other".
+_HARNESS = ("ingest_single", "ingest_batch", "mixed", "burst")
+SCENARIOS = frozenset({*_HARNESS, *(f"{s}_probe" for s in _HARNESS), "loadtest_scrape"})
+#: Method labels kept in metrics; an invented method is "other".
+METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
+
 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
@@ -44,6 +52,16 @@ def timed(request: Request, section: str) -> Iterator[None]:
     finally:
         timings = request.state.timings
         timings[section] = timings.get(section, 0.0) + time.perf_counter() - started
+
+
+def scenario_label(scenario: str) -> str:
+    """`scenario` if it is one of SCENARIOS (or "none"), else "other": a bounded label."""
+    return scenario if scenario in SCENARIOS or scenario == "none" else "other"
+
+
+def method_label(method: str) -> str:
+    """`method` if it is one of METHODS, else "other": a bounded label."""
+    return method if method in METHODS else "other"
 
 
 def route_label(scope: Scope) -> str:
@@ -97,9 +115,9 @@ class Observe:
             total = time.perf_counter() - started
             metrics.http_in_flight.dec()
             method = scope["method"]
-            route = route_label(scope)
-            metrics.http_requests.labels(route, method, str(status), scenario).inc()
-            metrics.http_duration.labels(route, method, scenario).observe(total)
+            labels = (route_label(scope), method_label(method))
+            metrics.http_requests.labels(*labels, str(status), scenario_label(scenario)).inc()
+            metrics.http_duration.labels(*labels, scenario_label(scenario)).observe(total)
             access_log.info(
                 "access",
                 extra={

@@ -6,6 +6,7 @@ bucket counts are capped so a query is refused with a 400, never turned into a s
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.auth import authenticate, rate_limit
+from analytics.api.dberrors import database_errors
 from analytics.api.errors import ApiError
 from analytics.api.state import services_of
 from analytics.normalize import normalize_event_name
@@ -24,18 +26,38 @@ from analytics.store.series import AGGS, INTERVALS, MetricsQuery, fetch_series
 STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 MAX_GROUPS = 100
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The instants a query may name. No event is older than the epoch (the normalizer refuses
+#: it); a year's margin before the end of `datetime` keeps the bucket math (flooring,
+#: rounding up to whole buckets) inside `datetime`.
+EARLIEST, LATEST = EPOCH, datetime(9999, 1, 1, tzinfo=UTC)
+#: Epoch milliseconds: ASCII digits only (`str.isdigit` also takes "²"), and few enough of
+#: them that `int()` is cheap (16 digits reach far past LATEST).
+_EPOCH_MS = re.compile(r"-?[0-9]{1,16}")
+_LIMIT = re.compile(r"[0-9]{1,3}")
+
 
 def _instant(raw: str, what: str) -> datetime:
-    """RFC 3339 (an offset is required) or integer epoch milliseconds."""
+    """RFC 3339 (an offset is required) or integer epoch milliseconds, in UTC, and within
+    EARLIEST..LATEST."""
     try:
-        if raw.lstrip("-").isdigit():
-            return datetime.fromtimestamp(int(raw) / 1000, UTC)
+        if _EPOCH_MS.fullmatch(raw):
+            return _supported(EPOCH + timedelta(milliseconds=int(raw)), what)
         parsed = datetime.fromisoformat(raw)
-    except (ValueError, OverflowError, OSError):
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise ApiError(400, "invalid_time", f"{what} must be RFC 3339 with an offset, or epoch ms")
-    return parsed.astimezone(UTC)
+        if parsed.tzinfo is not None:
+            return _supported(parsed.astimezone(UTC), what)
+    except (ValueError, OverflowError):  # OverflowError: beyond datetime's range once in UTC
+        pass
+    raise ApiError(400, "invalid_time", f"{what} must be RFC 3339 with an offset, or epoch ms")
+
+
+def _supported(t: datetime, what: str) -> datetime:
+    """`t`, refused unless within EARLIEST..LATEST (before any arithmetic on it)."""
+    if not EARLIEST <= t <= LATEST:
+        raise ApiError(
+            400, "invalid_time", f"{what} must lie within {_iso(EARLIEST)}..{_iso(LATEST)}"
+        )
+    return t
 
 
 def _floor(t: datetime, interval: str) -> datetime:
@@ -71,7 +93,10 @@ def parse_query(request: Request, customer_id: int) -> MetricsQuery:
         raise ApiError(400, "invalid_agg", f"agg must be one of {', '.join(AGGS)}")
 
     end = _instant(params["to"], "to") if "to" in params else datetime.now(UTC)
-    start = _instant(params["from"], "from") if "from" in params else end - timedelta(days=1)
+    if "from" in params:
+        start = _instant(params["from"], "from")
+    else:
+        start = _supported(end - timedelta(days=1), "from (by default a day before to)")
     if start >= end:
         raise ApiError(400, "invalid_range", "from must be before to")
     if end - start > timedelta(days=settings.max_range_days):
@@ -99,6 +124,8 @@ def parse_query(request: Request, customer_id: int) -> MetricsQuery:
         dim, sep, value = raw.partition(":")
         if not sep:
             raise ApiError(400, "invalid_filter", "filter must be DIM:VALUE")
+        if "\x00" in value:  # PostgreSQL text cannot hold U+0000 (nor can a stored value)
+            raise ApiError(400, "invalid_filter", "a filter value must not contain NUL")
         filters.append((dimension(dim), value))
     return MetricsQuery(
         customer_id=customer_id,
@@ -112,20 +139,29 @@ def parse_query(request: Request, customer_id: int) -> MetricsQuery:
     )
 
 
+def _limit(raw: str) -> int:
+    if not (_LIMIT.fullmatch(raw) and 1 <= int(raw) <= MAX_GROUPS):
+        raise ApiError(400, "invalid_limit", f"limit must be 1-{MAX_GROUPS}")
+    return int(raw)
+
+
 async def get_metrics(request: Request) -> Response:
     """Closed ranges are served from the cache (after the invalidation barrier); ranges that
-    include the current bucket are always computed."""
+    include the current bucket are always computed. 503 while the database is unreachable."""
     svc = services_of(request)
     key = await authenticate(request, svc.keys, "read")
     rate_limit(svc.buckets, key)
     q = parse_query(request, key.customer_id)
-    limit_raw = request.query_params.get("limit", "20")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_GROUPS:
-        raise ApiError(400, "invalid_limit", f"limit must be 1-{MAX_GROUPS}")
-    limit = int(limit_raw)
+    limit = _limit(request.query_params.get("limit", "20"))
+    with database_errors("query"):
+        body = await _cached_or_rendered(svc, q, limit)
+    return Response(body, media_type="application/json")
+
+
+async def _cached_or_rendered(svc: Services, q: MetricsQuery, limit: int) -> bytes:
     closed = q.end <= _floor(datetime.now(UTC), q.interval)
     if not (closed and await svc.invalidator.barrier()):
-        return Response(await _render(svc, q, limit), media_type="application/json")
+        return await _render(svc, q, limit)
     cache = svc.invalidator.cache
     cache_key = (q, limit)
     body = cache.get(cache_key)
@@ -136,7 +172,7 @@ async def get_metrics(request: Request) -> Response:
         generation = cache.generation(q.customer_id, q.name)
         body = await _render(svc, q, limit)
         cache.put(cache_key, Entry.of(q.customer_id, q.name, q.start, q.end, body), generation)
-    return Response(body, media_type="application/json")
+    return body
 
 
 async def _render(svc: Services, q: MetricsQuery, limit: int) -> bytes:
