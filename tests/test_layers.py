@@ -28,10 +28,13 @@ FORBIDDEN = {
 
 #: Bookkeeping that must run anywhere (tested with fake clocks, usable from threads).
 LOOP_AGNOSTIC = (
+    "runtime/deadline_timer.py",
     "runtime/histogram.py",
     "runtime/lru.py",
     "runtime/querycache.py",
     "runtime/ratelimit.py",
+    "runtime/request_context.py",
+    "runtime/stalls.py",
     "runtime/ttlcache.py",
     "store/dimensions.py",
 )

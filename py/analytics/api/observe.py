@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analytics.runtime import metrics
-from analytics.runtime.watchdog import RequestContext
+from analytics.runtime.request_context import RequestContext
 
 access_log = logging.getLogger("analytics.access")
 

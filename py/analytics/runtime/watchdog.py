@@ -45,7 +45,6 @@ from anyio.abc import TaskGroup
 from analytics.runtime import metrics
 from analytics.runtime.deadline_timer import DeadlineTimer
 from analytics.runtime.histogram import Histogram
-from analytics.runtime.request_context import RequestContext
 from analytics.runtime.stalls import (
     Clock,
     ContextFn,
@@ -56,9 +55,6 @@ from analytics.runtime.stalls import (
     StallTracker,
 )
 from analytics.settings import Settings
-
-#: `RequestContext` is re-exported for the importers from before the split (api/observe.py).
-__all__ = ["LoopWatchdog", "RequestContext", "c_fallback_in_use", "watch_loop"]
 
 #: The logger of the stall reports (`loop_stall` records) of every LoopWatchdog by default.
 log = logging.getLogger(__name__)
