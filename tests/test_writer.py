@@ -1,13 +1,29 @@
-"""The group-commit writer's backpressure estimate (pure functions, no database)."""
+"""The group-commit writer: its backpressure estimate (pure functions), and what it does when
+PostgreSQL refuses one request's rows (a real database)."""
 
 from __future__ import annotations
 
+import functools
+import json
+import struct
+import time
+from datetime import UTC, datetime
+
+import anyio
+import pytest
+
+from analytics.normalize import Limits, normalize_batch
 from analytics.pipeline.writer import (
     BLIND_RETRY_AFTER_S,
     MAX_RETRY_AFTER_S,
+    GroupCommitWriter,
+    Unstorable,
     commit_rate,
     retry_after,
 )
+from analytics.settings import Settings
+from analytics.store.bootstrap import customer_with_keys
+from analytics.store.pool import connect
 
 
 def test_commit_rate_counts_only_recent_commits():
@@ -32,3 +48,70 @@ def test_retry_after_without_recent_commits_grows_with_the_fill():
     assert retry_after(5, [], now=10.0, saturation=0.1) < retry_after(5, [], 10.0, 1.0)
     assert retry_after(5, [], now=10.0, saturation=1.0) == BLIND_RETRY_AFTER_S
     assert retry_after(5, [], now=10.0, saturation=0.0) == 1
+
+
+# --- Against a real PostgreSQL: one request whose rows cannot be stored ---------------------
+
+ONE = struct.pack("!d", 1.0)
+HUGE = struct.pack("!d", 1.7e308)  # two of these in one rollup bucket overflow float8
+
+
+def _payload(customer_id: int, names: list[str], *, value_bytes: bytes = ONE) -> tuple[bytes, int]:
+    body = json.dumps({"events": [{"name": n, "value": 1.0} for n in names]}).encode()
+    result = normalize_batch(
+        body,
+        time.time_ns() // 1000,
+        customer_id=str(customer_id),
+        limits=Limits(max_events=100),
+    )
+    assert result.accepted == len(names)
+    # The normalizer refuses values whose sums could overflow, so the poison is made by hand:
+    # the same tuples with value 1.0 replaced in its COPY encoding.
+    assert result.copy_data.count(ONE) == len(names)
+    return result.copy_data.replace(ONE, value_bytes), len(names)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_request_postgres_refuses_fails_alone(fresh_dsn):
+    settings = Settings(database_url=fresh_dsn)
+    conn = await connect(fresh_dsn, settings)
+    try:
+        a = (await customer_with_keys(conn, "a", datetime.now(UTC))).customer_id
+        b = (await customer_with_keys(conn, "b", datetime.now(UTC))).customer_id
+        writer = GroupCommitWriter(
+            functools.partial(connect, fresh_dsn, settings),
+            settings.dimensions,
+            window_s=0.5,  # long enough for the three submits below to share one commit
+            connections=1,
+        )
+        outcomes: dict[str, object] = {}
+
+        async def submit(label: str, payload: tuple[bytes, int]) -> None:
+            try:
+                outcomes[label] = await writer.submit(*payload)
+            except Unstorable as e:
+                outcomes[label] = e
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(writer.run)
+            async with anyio.create_task_group() as requests:
+                requests.start_soon(submit, "a", _payload(a, ["ok_a"]))
+                requests.start_soon(submit, "poison", _payload(a, ["big", "big"], value_bytes=HUGE))
+                requests.start_soon(submit, "b", _payload(b, ["ok_b"]))
+            writer.close()
+        assert outcomes["a"] == (1, 0)
+        assert outcomes["b"] == (1, 0)
+        assert isinstance(outcomes["poison"], Unstorable)
+        stored = await conn.fetch("SELECT name, count(*) AS n FROM events GROUP BY name")
+        assert {r["name"]: r["n"] for r in stored} == {"ok_a": 1, "ok_b": 1}
+        rollups = await conn.fetchval(
+            "SELECT sum(count) FROM rollup_minute WHERE dim = '' AND name = 'big'"
+        )
+        assert rollups is None
+    finally:
+        await conn.close()

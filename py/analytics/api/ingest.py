@@ -19,7 +19,7 @@ from analytics.api.errors import ApiError, json_response
 from analytics.api.observe import timed
 from analytics.api.state import services_of
 from analytics.normalize import NormalizeError, SignatureError, normalize_batch, verify_signature
-from analytics.pipeline.writer import Overloaded, WriteFailed
+from analytics.pipeline.writer import Overloaded, Unstorable, WriteFailed
 from analytics.runtime import metrics
 
 JSON_TYPES = ("application/json",)
@@ -127,6 +127,13 @@ async def _ingest(request: Request, batch: bool) -> Response:
                 "overloaded",
                 "ingestion is saturated; retry later",
                 {"Retry-After": str(e.retry_after_s)},
+            ) from None
+        except Unstorable:
+            raise ApiError(
+                422,
+                "unstorable_event",
+                "the database cannot store these events (e.g. a value whose sum would overflow);"
+                " sending them again fails the same way",
             ) from None
         except WriteFailed:
             raise ApiError(

@@ -5,7 +5,9 @@ inbox and waits. One writer task takes everything waiting (up to a row cap, ling
 a short window for more), COPYs it into a temp staging table, runs one statement that dedups,
 inserts and rolls up, commits, and only then wakes each waiter with its own counts. A request
 is acknowledged only after its rows are committed; a failed commit fails every waiter of that
-transaction, and nothing of it was stored.
+transaction, and nothing of it was stored — except when PostgreSQL refuses the rows
+themselves: then the batch is split until the request carrying them is alone, and only that
+request is refused, so one tenant's unstorable event never fails another tenant's write.
 
 Guarantees:
 - the inbox is bounded: when full, `submit` raises `Overloaded` at once (the API answers 503);
@@ -29,7 +31,12 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from analytics.runtime import metrics
-from analytics.store.group_commit import commit_sql, prepare_connection, write_group
+from analytics.store.group_commit import (
+    RowsRefused,
+    commit_sql,
+    prepare_connection,
+    write_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,11 @@ class Overloaded(Exception):
 
 class WriteFailed(Exception):
     """The transaction holding these rows did not commit; nothing of it was stored."""
+
+
+class Unstorable(Exception):
+    """PostgreSQL refuses these rows themselves (see `RowsRefused`): nothing of the request
+    was stored, and sending it again would fail the same way."""
 
 
 @dataclass
@@ -127,8 +139,8 @@ class GroupCommitWriter:
         """Queue `rows` COPY tuples and wait for their commit; returns (inserted, duplicates).
 
         Raises `Overloaded` when the inbox is full (in requests, or in rows: a request larger
-        than the row cap is still taken when the inbox is empty) and `WriteFailed` when the
-        commit failed.
+        than the row cap is still taken when the inbox is empty), `Unstorable` when PostgreSQL
+        refuses this request's rows themselves, and `WriteFailed` when the commit failed.
         If the caller is cancelled while waiting, the rows may still commit (and a retry is
         then counted as a duplicate).
         """
@@ -142,6 +154,8 @@ class GroupCommitWriter:
         # No await since the send: the lane that takes the ticket subtracts these rows after.
         self._queued_rows += rows
         await ticket.done.wait()
+        if isinstance(ticket.error, Unstorable):
+            raise ticket.error
         if ticket.error is not None:
             raise WriteFailed(str(ticket.error)) from ticket.error
         return ticket.inserted, rows - ticket.inserted
@@ -211,25 +225,49 @@ class GroupCommitWriter:
         return ticket
 
     async def _commit(self, lane: _Lane, batch: list[Ticket]) -> None:
+        """Commit `batch` and give every ticket its verdict.
+
+        Shielded: once rows are in flight, the commit finishes (or fails) before anything else
+        happens, so a waiter is never left without one. When PostgreSQL refuses the rows
+        themselves (`RowsRefused`: one tenant's event whose sum overflows, say), the batch is
+        split in halves and each committed on its own, down to the request that carries the
+        rows; only that request is refused (`Unstorable`), the others are stored as if it had
+        never been there. Any other failure fails every waiter still without a verdict.
+        """
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._commit_isolating(lane, batch)
+        except BaseException as e:  # every waiter must learn the outcome
+            rows = sum(t.rows for t in batch if not t.done.is_set())
+            log.error("group commit of %d rows failed: %r", rows, e)
+            metrics.writer_commit_failures.inc()
+            lane.drop()
+            for ticket in batch:
+                if not ticket.done.is_set():
+                    ticket.error = e
+                    ticket.done.set()
+            if not isinstance(e, Exception):
+                raise
+
+    async def _commit_isolating(self, lane: _Lane, batch: list[Ticket]) -> None:
         offsets, total = [], 0
         for ticket in batch:
             offsets.append(total)
             total += ticket.rows
         started = time.perf_counter()
         try:
-            # Shielded: once rows are in flight, the commit finishes (or fails) before anything
-            # else happens, so a waiter is never left without a verdict.
-            with anyio.CancelScope(shield=True), anyio.fail_after(self._timeout_s):
+            with anyio.fail_after(self._timeout_s):
                 counts = await self._write(await lane.connection(), batch, offsets)
-        except BaseException as e:  # every waiter must learn the outcome
-            log.error("group commit of %d rows failed: %r", total, e)
+        except RowsRefused as e:
             metrics.writer_commit_failures.inc()
-            lane.drop()
-            for ticket in batch:
-                ticket.error = e
-                ticket.done.set()
-            if not isinstance(e, Exception):
-                raise
+            if len(batch) == 1:
+                log.warning("refused a request of %d rows PostgreSQL cannot store: %s", total, e)
+                batch[0].error = Unstorable(str(e))
+                batch[0].done.set()
+                return
+            middle = len(batch) // 2
+            await self._commit_isolating(lane, batch[:middle])
+            await self._commit_isolating(lane, batch[middle:])
             return
         elapsed = time.perf_counter() - started
         self._commits.append((anyio.current_time(), total))

@@ -112,6 +112,13 @@ SELECT -1, count(*) FROM notified
 """
 
 
+class RowsRefused(Exception):
+    """PostgreSQL refused the group for what its rows hold (a data exception, class 22, such
+    as a sum out of range or a character text cannot store; or a program limit, class 54, such
+    as an index row too large): the transaction was rolled back, the connection is fine, and
+    the same rows would fail again. Any other failure (connection, timeout) is not this."""
+
+
 async def prepare_connection(conn: asyncpg.Connection) -> None:
     """Make a new writer connection ready: its session settings and staging table."""
     await conn.execute(CREATE_STAGING)
@@ -127,11 +134,15 @@ async def write_group(
 ) -> list[tuple[int, int]]:
     """Commit the COPY tuples of several requests in one transaction with `sql` (a
     `commit_sql` statement); (request index, rows inserted) for each request that inserted
-    any. `offsets` are each request's first row in the concatenated payloads."""
+    any. `offsets` are each request's first row in the concatenated payloads. Raises
+    `RowsRefused` when the rows themselves cannot be stored."""
     data = b"".join([COPY_HEADER, *payloads, COPY_TRAILER])
-    async with conn.transaction():
-        await conn.copy_to_table(
-            "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
-        )
-        rows = await conn.fetch(sql, now, offsets, usage_window)
+    try:
+        async with conn.transaction():
+            await conn.copy_to_table(
+                "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
+            )
+            rows = await conn.fetch(sql, now, offsets, usage_window)
+    except (asyncpg.DataError, asyncpg.ProgramLimitExceededError) as e:
+        raise RowsRefused(f"{type(e).__name__}: {e}") from e
     return [(r["req"], r["inserted"]) for r in rows if r["req"] >= 0]
