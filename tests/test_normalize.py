@@ -11,6 +11,7 @@ from analytics.normalize import (
     DEDUP_FINGERPRINT,
     ERROR_CODES,
     ERROR_STATUS,
+    MAX_ABS_VALUE,
     TS_CLAMPED,
     TS_DEFAULTED,
     TS_SKEW_CORRECTED,
@@ -141,6 +142,41 @@ def test_duplicate_keys_are_rejected_not_collapsed():
 def test_property_limits(properties, ok):
     expected = [] if ok else [(0, "invalid_properties")]
     assert codes({"name": "x", "properties": properties}) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (b"1e15", True),
+        (b"-1e15", True),
+        (b"1000000000000000", True),
+        (b"1000000000000000.00000001", True),  # rounds to 1e15 as a double
+        (b"-0", True),
+        (b"1000000000000001", False),
+        (b"-1.0000000000000002e15", False),
+        (b"9007199254740993", False),
+        (b"18446744073709551615", False),
+        (b"1e308", False),
+        (b"-1.7976931348623157e308", False),
+    ],
+)
+def test_values_beyond_the_rollup_bound_are_rejected(value, ok):
+    """Two values near the double maximum would overflow the rollup's `double precision`
+    sum and fail the whole group commit; within +-1e15 ~10^293 of them still sum finite."""
+    assert MAX_ABS_VALUE == 1e15
+    expected = [] if ok else [(0, "value_out_of_range")]
+    assert codes(b'{"name": "x", "value": ' + value + b"}") == expected
+
+
+def test_an_out_of_range_value_rejects_only_its_event():
+    big = {"name": "big", "value": 1e308}
+    batch, out = rows({"events": [big, big, {"name": "ok", "value": 1e15}]})
+    assert [(i, c) for i, c, _ in batch.rejected] == [
+        (0, "value_out_of_range"),
+        (1, "value_out_of_range"),
+    ]
+    assert [(r["name"], r["value"]) for r in out] == [("ok", 1e15)]
+    assert ERROR_STATUS["value_out_of_range"] == 400
 
 
 def test_event_size_cap_uses_the_events_own_bytes():
@@ -321,6 +357,7 @@ def test_error_codes_and_their_statuses_never_change():
         "invalid_ts": 400,
         "invalid_user_id": 400,
         "invalid_value": 400,
+        "value_out_of_range": 400,
         "invalid_properties": 400,
         "malformed_signature": 401,
         "stale_signature": 401,

@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,7 +91,19 @@ events = st.builds(
     ts=sometimes(valid_ts, timestamps),
     user_id=sometimes(st.one_of(text, st.integers(-(2**65), 2**65)), st.floats()),
     value=sometimes(
-        st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False)),
+        st.one_of(
+            st.integers(-(2**70), 2**70),
+            st.floats(allow_nan=False, allow_infinity=False),
+            # Around the +-1e15 bound of value_out_of_range.
+            st.builds(
+                lambda n, sign: n * sign,
+                st.one_of(
+                    st.integers(10**15 - 2, 10**15 + 2),
+                    st.sampled_from([math.nextafter(1e15, 0), 1e15, math.nextafter(1e15, 2e15)]),
+                ),
+                st.sampled_from([1, -1]),
+            ),
+        ),
         text,
     ),
     properties=sometimes(properties, st.lists(scalars, max_size=1)),
@@ -173,6 +186,42 @@ def same(a, b):
 def test_rust_matches_reference(case):
     body, kwargs, limits = case
     got, want = outcome(rust, body, kwargs, limits), outcome(reference, body, kwargs, limits)
+    assert same(got, want), (got, want)
+
+
+def test_reference_value_bound_is_the_extensions():
+    assert reference.MAX_ABS_VALUE == rust.MAX_ABS_VALUE == 1e15
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"1e15",
+        b"-1e15",
+        b"1000000000000000",
+        b"1000000000000001",
+        b"-1000000000000001",
+        b"1000000000000000.00000001",
+        b"1.0000000000000002e15",
+        b"9007199254740993",
+        b"9223372036854775807",
+        b"-9223372036854775808",
+        b"18446744073709551615",
+        b"18446744073709551616",
+        b"1e308",
+        b"-1.7976931348623157e308",
+        b"-0",
+        b"1e-320",
+    ],
+)
+@pytest.mark.parametrize("framing", ["single", "batch", "ndjson"])
+def test_value_bound_parity(value, framing):
+    event = b'{"name": "x", "value": ' + value + b"}"
+    if framing == "batch":
+        body, kwargs = b'{"events": [' + event + b", " + event + b"]}", {}
+    else:
+        body, kwargs = event, {"ndjson": framing == "ndjson"}
+    got, want = outcome(rust, body, kwargs, None), outcome(reference, body, kwargs, None)
     assert same(got, want), (got, want)
 
 

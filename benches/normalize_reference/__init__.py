@@ -32,6 +32,7 @@ from benches.normalize_reference.copy_tuples import decode_copy
 from benches.normalize_reference.errors import NormalizeError, SignatureError
 from benches.normalize_reference.event import (
     DEDUP_FINGERPRINT,
+    MAX_ABS_VALUE,
     TS_CLAMPED,
     TS_DEFAULTED,
     TS_SKEW_CORRECTED,
@@ -41,6 +42,7 @@ from benches.normalize_reference.signature import sign, verify_signature
 
 __all__ = [
     "DEDUP_FINGERPRINT",
+    "MAX_ABS_VALUE",
     "TS_CLAMPED",
     "TS_DEFAULTED",
     "TS_SKEW_CORRECTED",

@@ -19,6 +19,8 @@ TS_CLAMPED = 1
 TS_SKEW_CORRECTED = 2
 TS_DEFAULTED = 4
 DEDUP_FINGERPRINT = 8
+# The README's bound on |value|: within it, rollup sums in double precision stay finite.
+MAX_ABS_VALUE = 1e15
 
 # Unicode White_Space (Rust's char::is_whitespace); str.strip()/split() would add U+001C-U+001F.
 _WS = (
@@ -226,6 +228,10 @@ def event_row(
     ):
         raise Reject("invalid_value", "value must be a number")
     value = None if raw_value is None else float(raw_value)
+    # Reading: the bound applies to the value as a double (float() rounds an int to nearest,
+    # ties to even, as Rust's `as f64` does), so 1000000000000000.00000001 is 1e15 and passes.
+    if value is not None and abs(value) > MAX_ABS_VALUE:
+        raise Reject("value_out_of_range", f"value must be within ±{MAX_ABS_VALUE:g}")
 
     props = _properties(fields.get("properties"), lim)
 

@@ -16,6 +16,10 @@ TS_SKEW_CORRECTED: Final[int]
 TS_DEFAULTED: Final[int]
 DEDUP_FINGERPRINT: Final[int]
 
+MAX_ABS_VALUE: Final[float]
+"""The largest `value` magnitude an event may carry (1e15); beyond it the event is rejected
+with `value_out_of_range`, so the rollups' `double precision` sums can never overflow."""
+
 ERROR_CODES: Final[tuple[tuple[str, int], ...]]
 """(code, HTTP status) of every error code, from the crate's `ErrorCode` enum (error.rs).
 
@@ -92,7 +96,8 @@ def normalize_batch(
     """Decode, validate, normalize and COPY-encode every event of `body`.
 
     Raises NormalizeError (with `.code`) when the body as a whole is refused;
-    bad single events are listed in `.rejected` instead.
+    bad single events are listed in `.rejected` instead (e.g. `value_out_of_range` for a
+    `value` beyond ±`MAX_ABS_VALUE`).
     """
 
 def verify_signature(

@@ -4,7 +4,7 @@ Callers import from here, never from the private extension. The rules live in
 rust/normalize/README.md. The facts both sides need are declared once, in the Rust crate,
 and only read here: `ERROR_CODES` (every error code with its HTTP status; also `.status` on
 a raised `NormalizeError`/`SignatureError`) and `COPY_SCHEMA` (the COPY columns in order,
-with their PostgreSQL types).
+with their PostgreSQL types). `MAX_ABS_VALUE` is the largest `value` magnitude accepted.
 
 Every function here runs its work with the GIL released, so large bodies may be handed to
 a worker thread and run in parallel with the event loop and with each other.
@@ -17,6 +17,7 @@ from analytics._normalize import (
     COPY_SCHEMA,
     DEDUP_FINGERPRINT,
     ERROR_CODES,
+    MAX_ABS_VALUE,
     TS_CLAMPED,
     TS_DEFAULTED,
     TS_SKEW_CORRECTED,
@@ -42,6 +43,7 @@ __all__ = [
     "DEDUP_FINGERPRINT",
     "ERROR_CODES",
     "ERROR_STATUS",
+    "MAX_ABS_VALUE",
     "TS_CLAMPED",
     "TS_DEFAULTED",
     "TS_SKEW_CORRECTED",

@@ -77,6 +77,8 @@ error_codes! {
     InvalidTs = "invalid_ts", 400, Event;
     InvalidUserId = "invalid_user_id", 400, Event;
     InvalidValue = "invalid_value", 400, Event;
+    /// A number PostgreSQL's `double precision` rollup sums could overflow (README "Per event").
+    ValueOutOfRange = "value_out_of_range", 400, Event;
     InvalidProperties = "invalid_properties", 400, Event;
     // `X-Signature` (README "Signatures").
     MalformedSignature = "malformed_signature", 401, Signature;

@@ -16,6 +16,13 @@ pub const TS_SKEW_CORRECTED: i16 = 2;
 pub const TS_DEFAULTED: i16 = 4;
 pub const DEDUP_FINGERPRINT: i16 = 8;
 
+/// The largest `value` magnitude accepted (README "Per event"). The rollups add values up in
+/// PostgreSQL `double precision`; at most 1e15 each, a sum stays finite for ~10^293 events,
+/// where two values near the double maximum overflow at once and fail the whole commit.
+/// Beyond 2^53 (~9e15) a double cannot even hold every whole number, so no real metric is
+/// refused.
+pub const MAX_ABS_VALUE: f64 = 1e15;
+
 copy_row! {
     /// From the caller (the API key's customer), never from the body.
     customer_id: &'r str = "text" => copy::text,
@@ -125,6 +132,12 @@ pub fn encode(
         Some(J::F64(v)) => Some(*v),
         Some(_) => return reject(ErrorCode::InvalidValue, "value must be a number"),
     };
+    if value.is_some_and(|v| v.abs() > MAX_ABS_VALUE) {
+        return reject(
+            ErrorCode::ValueOutOfRange,
+            format!("value must be between -{MAX_ABS_VALUE:e} and {MAX_ABS_VALUE:e}"),
+        );
+    }
     let properties = match field("properties") {
         None | Some(J::Null) => Vec::new(),
         Some(J::Obj(pairs)) => flatten(pairs, limits)?,
@@ -526,6 +539,93 @@ mod tests {
             .collect();
         let names: Vec<&str> = COPY_SCHEMA.iter().map(|(name, _)| *name).collect();
         assert_eq!(documented, names);
+    }
+
+    /// The code an event is rejected with, or `None` when it is accepted.
+    fn verdict(event: &str) -> Option<ErrorCode> {
+        let limits = Limits::default();
+        let ctx = Context {
+            limits: &limits,
+            customer_id: "c",
+            received_at_us: 1_700_000_000_000_000,
+            sent_at_us: None,
+        };
+        let j = crate::json::parse(event, 0).unwrap();
+        let mut out = Vec::new();
+        let result = encode(&j, 0, &ctx, &mut Scratch::default(), &mut out);
+        assert_eq!(
+            result.is_ok(),
+            !out.is_empty(),
+            "a rejection writes nothing"
+        );
+        result.err().map(|(code, _)| code)
+    }
+
+    #[test]
+    fn values_up_to_the_bound_are_accepted() {
+        for value in [
+            "0",
+            "-0",
+            "1.5",
+            "1e15",
+            "-1e15",
+            "1000000000000000",
+            "-1000000000000000",
+            "999999999999999.9",
+            // Rounds to exactly 1e15 as a double: the bound applies to the stored double.
+            "1000000000000000.00000001",
+            "1e-320",
+        ] {
+            let event = format!(r#"{{"name":"x","value":{value}}}"#);
+            assert_eq!(verdict(&event), None, "{value}");
+        }
+    }
+
+    #[test]
+    fn values_beyond_the_bound_are_refused() {
+        for value in [
+            "1000000000000001",
+            "-1000000000000001",
+            "1.0000000000000002e15",
+            "1e16",
+            "9007199254740993",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1e308",
+            "-1.7976931348623157e308",
+        ] {
+            let event = format!(r#"{{"name":"x","value":{value}}}"#);
+            assert_eq!(verdict(&event), Some(ErrorCode::ValueOutOfRange), "{value}");
+        }
+    }
+
+    #[test]
+    fn the_value_range_is_checked_after_the_type_and_before_properties() {
+        assert_eq!(
+            verdict(r#"{"name":"x","value":"1e308"}"#),
+            Some(ErrorCode::InvalidValue)
+        );
+        assert_eq!(
+            verdict(r#"{"name":"x","user_id":true,"value":1e308}"#),
+            Some(ErrorCode::InvalidUserId)
+        );
+        assert_eq!(
+            verdict(r#"{"name":"x","value":1e308,"properties":[]}"#),
+            Some(ErrorCode::ValueOutOfRange)
+        );
+    }
+
+    #[test]
+    fn sums_of_values_within_the_bound_stay_finite() {
+        // The reason for the bound: 10^293 maximal values still add up to a finite double,
+        // while two values near the double maximum do not.
+        assert!((MAX_ABS_VALUE * 1e293).is_finite());
+        assert!((-MAX_ABS_VALUE * 1e293).is_finite());
+        assert!((1e308_f64 + 1e308).is_infinite());
+        // No whole number a double holds exactly (|n| <= 2^53) is refused.
+        assert!(MAX_ABS_VALUE < 2f64.powi(53));
     }
 
     #[test]

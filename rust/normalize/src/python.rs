@@ -148,6 +148,7 @@ fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TS_SKEW_CORRECTED", event::TS_SKEW_CORRECTED)?;
     m.add("TS_DEFAULTED", event::TS_DEFAULTED)?;
     m.add("DEDUP_FINGERPRINT", event::DEDUP_FINGERPRINT)?;
+    m.add("MAX_ABS_VALUE", event::MAX_ABS_VALUE)?;
     let codes = ErrorCode::ALL.iter().map(|c| (c.as_str(), c.status()));
     m.add("ERROR_CODES", PyTuple::new(py, codes)?)?;
     m.add("COPY_SCHEMA", PyTuple::new(py, event::COPY_SCHEMA)?)?;
