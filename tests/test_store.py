@@ -81,6 +81,26 @@ async def test_pool_honours_settings(pg_dsn: str) -> None:
         await pool.close()
 
 
+async def test_releasing_a_pooled_connection_costs_no_round_trip(
+    pg_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """asyncpg's default reset is a second transaction per pooled query (a key lookup cost
+    two); the pool keeps the session instead, and still rolls back an abandoned transaction."""
+    pool = await create_pool(Settings(database_url=pg_dsn, pool_min_size=1, pool_max_size=1))
+    try:
+        async with pool.acquire() as pooled:
+            pid = pooled.get_server_pid()
+            await pooled.fetchval("SELECT 41 + 1")
+        last = "SELECT query, state FROM pg_stat_activity WHERE pid = $1"
+        assert tuple(await conn.fetchrow(last, pid)) == ("SELECT 41 + 1", "idle")
+        async with pool.acquire() as pooled:
+            tx = pooled.transaction()
+            await tx.start()  # left open on purpose
+        assert tuple(await conn.fetchrow(last, pid)) == ("ROLLBACK", "idle")
+    finally:
+        await pool.close()
+
+
 async def test_create_pool_needs_a_database_url() -> None:
     with pytest.raises(ValueError):
         await create_pool(Settings())

@@ -24,6 +24,18 @@ def _connect_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset: nothing beyond the rollback asyncpg always does on release.
+
+    asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` on every release: a second transaction for every pooled query (a key lookup
+    cost two). Our pooled connections never change their session, so there is nothing to
+    reset: every setting is `SET LOCAL` inside a transaction, advisory locks are
+    transaction-scoped, cursors live inside transactions, and LISTEN has its own direct
+    connection. Code that breaks that rule must use a direct connection (`connect`).
+    """
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """A pool on `settings.database_url` (which must be set: see `embedded.resolve_database`),
     sized `pool_min_size`..`pool_max_size`; the caller closes it."""
@@ -33,6 +45,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         settings.database_url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
+        reset=_keep_session,
         **_connect_kwargs(settings),
     )
 
