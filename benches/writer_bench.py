@@ -125,7 +125,7 @@ async def measure(
         await prepare(conn, datetime.now(UTC))
         customer = (await customer_with_keys(conn, "bench", datetime.now(UTC))).customer_id
         await group_commit.prepare_connection(conn)
-        sql = group_commit.commit_sql(DEFAULT_DIMENSIONS)
+        statements = group_commit.CommitStatements.build(DEFAULT_DIMENSIONS)
         backend = conn.get_server_pid()
         window = timedelta(seconds=60)
         seq = 0
@@ -138,7 +138,7 @@ async def measure(
                 batches.append(_payloads(customer, rows, requests, seq))
             for payloads, offsets in batches[:3]:  # warm up: plans, caches
                 await group_commit.write_group(
-                    conn, payloads, offsets, datetime.now(UTC), window, sql
+                    conn, payloads, offsets, rows, datetime.now(UTC), window, statements
                 )
             latencies = []
             cpu0, tree0 = _cpu_ns(backend), _tree_cpu_ns(postmaster)
@@ -146,7 +146,7 @@ async def measure(
             for payloads, offsets in batches[3:]:
                 t0 = time.perf_counter()
                 await group_commit.write_group(
-                    conn, payloads, offsets, datetime.now(UTC), window, sql
+                    conn, payloads, offsets, rows, datetime.now(UTC), window, statements
                 )
                 latencies.append(time.perf_counter() - t0)
                 if time.perf_counter() - started > budget_s:

@@ -7,7 +7,7 @@ import functools
 import json
 import struct
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
@@ -113,5 +113,58 @@ async def test_a_request_postgres_refuses_fails_alone(fresh_dsn):
             "SELECT sum(count) FROM rollup_minute WHERE dim = '' AND name = 'big'"
         )
         assert rollups is None
+    finally:
+        await conn.close()
+
+
+@pytest.mark.anyio
+async def test_both_commit_forms_store_the_same(fresh_dsn, monkeypatch):
+    """Small commits go as column arrays, large ones through COPY and the staging table: the
+    same requests must leave the same events, rollups and per-request counts either way."""
+    from analytics.store import group_commit
+
+    settings = Settings(database_url=fresh_dsn)
+    conn = await connect(fresh_dsn, settings)
+    try:
+        await group_commit.prepare_connection(conn)
+        statements = group_commit.CommitStatements.build(settings.dimensions)
+        window = timedelta(seconds=60)
+        body = json.dumps(
+            {
+                "events": [
+                    {"name": "v", "event_id": "1", "properties": {"path": "/a", "country": "DE"}},
+                    {"name": "v", "event_id": "2", "value": 2.5, "properties": {"path": "/b"}},
+                    {"name": "v", "event_id": "1", "properties": {"path": "/dup"}},  # in-load dup
+                    {"name": "w", "user_id": "u", "ts": int(time.time() * 1000)},
+                ]
+            }
+        ).encode()
+        results = {}
+        for form, limit in (("arrays", 1_000), ("staged", 0)):
+            monkeypatch.setattr(group_commit, "ARRAY_ROWS_MAX", limit)
+            customer = (await customer_with_keys(conn, form, datetime.now(UTC))).customer_id
+            batch = normalize_batch(body, time.time_ns() // 1000, customer_id=str(customer))
+            second = normalize_batch(body, time.time_ns() // 1000, customer_id=str(customer))
+            payloads = [batch.copy_data, second.copy_data]  # the retry in the same commit
+            counts = await group_commit.write_group(
+                conn, payloads, [0, batch.accepted], 2 * batch.accepted, datetime.now(UTC),
+                window, statements,
+            )  # fmt: skip
+            events = await conn.fetch(
+                "SELECT name, event_id, user_id, value, properties, flags FROM events"
+                " WHERE customer_id = $1 ORDER BY name, event_id",
+                customer,
+            )
+            rollups = await conn.fetch(
+                "SELECT name, dim, dim_value, count, sum_value FROM rollup_minute"
+                " WHERE customer_id = $1 ORDER BY 1, 2, 3",
+                customer,
+            )
+            results[form] = (counts, [tuple(r) for r in events], [tuple(r) for r in rollups])
+        assert results["arrays"] == results["staged"]
+        counts, events, rollups = results["arrays"]
+        assert counts == [(0, 3)]  # the first request's 3 distinct events; the retry adds none
+        assert [e[:2] for e in events] == [("v", "1"), ("v", "2"), ("w", None)]
+        assert ("v", "path", "/a", 1, 0.0) in rollups and ("v", "", "", 2, 2.5) in rollups
     finally:
         await conn.close()

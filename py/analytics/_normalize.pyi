@@ -108,5 +108,12 @@ def verify_signature(
 def sign(secret: bytes, body: bytes, t: int) -> str:
     """A valid `X-Signature` value for `body` signed at unix time `t`."""
 
+def copy_columns(data: bytes) -> tuple[list[object], ...]:
+    """The values of concatenated COPY tuples (`copy_data` of one or more batches) as one list
+    per column, in `COPY_SCHEMA` order: text as str or None, timestamptz as µs since the Unix
+    epoch, double precision as float or None, jsonb as its JSON text, smallint as int.
+    Raises ValueError on malformed data. Holds the GIL while it builds the lists: meant for
+    a few hundred rows (the writer's small commits), not for large batches."""
+
 def normalize_event_name(name: str) -> str:
     """A name as ingestion stores it (trimmed, collapsed, lowercased); ValueError if invalid."""

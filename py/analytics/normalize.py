@@ -6,8 +6,8 @@ and only read here: `ERROR_CODES` (every error code with its HTTP status; also `
 a raised `NormalizeError`/`SignatureError`) and `COPY_SCHEMA` (the COPY columns in order,
 with their PostgreSQL types). `MAX_ABS_VALUE` is the largest `value` magnitude accepted.
 
-Every function here runs its work with the GIL released, so large bodies may be handed to
-a worker thread and run in parallel with the event loop and with each other.
+Every function here but `copy_columns` runs its work with the GIL released, so large bodies
+may be handed to a worker thread and run in parallel with the event loop and with each other.
 """
 
 from collections.abc import Mapping
@@ -25,6 +25,7 @@ from analytics._normalize import (
     NormalizedBatch,
     NormalizeError,
     SignatureError,
+    copy_columns,
     normalize_batch,
     normalize_event_name,
     sign,
@@ -51,6 +52,7 @@ __all__ = [
     "NormalizeError",
     "NormalizedBatch",
     "SignatureError",
+    "copy_columns",
     "normalize_batch",
     "normalize_event_name",
     "sign",

@@ -32,8 +32,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from analytics.runtime import metrics
 from analytics.store.group_commit import (
+    CommitStatements,
     RowsRefused,
-    commit_sql,
     prepare_connection,
     write_group,
 )
@@ -97,7 +97,7 @@ class GroupCommitWriter:
     ) -> None:
         self._connect = connect
         # The `enrichment` flag picks between the two statements at each commit.
-        self._sql = {e: commit_sql(dimensions, enrich=e) for e in (True, False)}
+        self._sql = {e: CommitStatements.build(dimensions, enrich=e) for e in (True, False)}
         self._enrich = enrich
         self._send, self._receive = anyio.create_memory_object_stream[Ticket](inbox)
         self._max_rows = max_batch_rows
@@ -281,10 +281,10 @@ class GroupCommitWriter:
     async def _write(
         self, conn: asyncpg.Connection, batch: list[Ticket], offsets: list[int]
     ) -> list[tuple[int, int]]:
-        sql = self._sql[self._enrich()]
-        payloads = [t.payload for t in batch]
+        payloads, rows = [t.payload for t in batch], sum(t.rows for t in batch)
+        statements = self._sql[self._enrich()]
         return await write_group(
-            conn, payloads, offsets, datetime.now(UTC), self._usage_window, sql
+            conn, payloads, offsets, rows, datetime.now(UTC), self._usage_window, statements
         )
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 
-from analytics.normalize import COPY_COLUMNS, COPY_SCHEMA
+from analytics.normalize import COPY_COLUMNS, COPY_SCHEMA, copy_columns
 from analytics.store.dimensions import dimension_expr
 from analytics.store.notify import INVALIDATE
 
@@ -37,13 +38,62 @@ CREATE INDEX IF NOT EXISTS staging_key ON staging (customer_id, dedup_key, ord)
 """
 
 
+#: Commits of at most this many rows pass their rows as column arrays to one statement (one
+#: round trip, no staging table to fill and truncate: a 1-row commit costs PostgreSQL a
+#: quarter of the CPU, see benches/writer_bench.py); larger ones COPY into the staging table,
+#: where the fixed cost is shared by many rows and no Python objects are made per row.
+ARRAY_ROWS_MAX = 128
+
+#: How each COPY type travels as an array parameter, and how the statement reads it back.
+_ARRAY_OF = {
+    "text": ("text[]", "{}"),
+    "timestamptz": ("int8[]", "TIMESTAMPTZ 'epoch' + {} * INTERVAL '1 microsecond'"),
+    "double precision": ("float8[]", "{}"),
+    "jsonb": ("text[]", "{}::jsonb"),
+    "smallint": ("int2[]", "{}"),
+}
+
+
+def _staging_from_arrays() -> str:
+    """A `staging` CTE shaped like the staging table, over `unnest` of parameters $4.. (one
+    array per COPY column, as `copy_columns` gives them)."""
+    params = ", ".join(
+        f"${4 + i}::{_ARRAY_OF[pg_type][0]}" for i, (_, pg_type) in enumerate(COPY_SCHEMA)
+    )
+    names = ", ".join(COPY_COLUMNS)
+    reads = ", ".join(
+        f"{_ARRAY_OF[pg_type][1].format('u.' + column)} AS {column}"
+        for column, pg_type in COPY_SCHEMA
+    )
+    return (
+        f"staging AS MATERIALIZED (\n    SELECT {reads}, u.ord\n"
+        f"    FROM unnest({params}) WITH ORDINALITY AS u({names}, ord)\n)"
+    )
+
+
+@dataclass(frozen=True)
+class CommitStatements:
+    """The commit statement in its two forms: over the staging table, and over arrays."""
+
+    staged: str
+    arrays: str
+
+    @classmethod
+    def build(cls, dimensions: tuple[str, ...], *, enrich: bool = True) -> CommitStatements:
+        staged = commit_sql(dimensions, enrich=enrich)
+        arrays = staged.replace("WITH base AS (", f"WITH {_staging_from_arrays()}, base AS (", 1)
+        assert arrays != staged
+        return cls(staged, arrays)
+
+
 def commit_sql(dimensions: tuple[str, ...], *, enrich: bool = True) -> str:
     """One statement: dedup, insert the new events, add rollup deltas, count per request.
 
     Parameters: $1 now (timestamptz), $2 request row offsets (bigint[], ascending, starting
-    at 0), $3 the billing usage window (interval). Rows of one staging load come from
-    requests in order (`ord`); a key seen twice in the load is kept for its first row only
-    (the anti-join on `ord`, served by the staging index). Rollups are upserted in key order
+    at 0), $3 the billing usage window (interval); in the arrays form (`CommitStatements`),
+    $4.. the column arrays. Rows of one load come from requests in order (`ord`); a key seen
+    twice in the load is kept for its first row only (the anti-join on `ord`, served by the
+    staging index). Rollups are upserted in key order
     so concurrent writers (lanes, worker processes) lock rows in the same order and cannot
     deadlock.
     Returns (req, inserted) for each request that inserted at least one row, and a row with
@@ -128,21 +178,27 @@ async def write_group(
     conn: asyncpg.Connection,
     payloads: list[bytes],
     offsets: list[int],
+    rows: int,
     now: datetime,
     usage_window: timedelta,
-    sql: str,
+    statements: CommitStatements,
 ) -> list[tuple[int, int]]:
-    """Commit the COPY tuples of several requests in one transaction with `sql` (a
-    `commit_sql` statement); (request index, rows inserted) for each request that inserted
-    any. `offsets` are each request's first row in the concatenated payloads. Raises
-    `RowsRefused` when the rows themselves cannot be stored."""
-    data = b"".join([COPY_HEADER, *payloads, COPY_TRAILER])
+    """Commit the COPY tuples of several requests (`rows` in all) in one transaction;
+    (request index, rows inserted) for each request that inserted any. `offsets` are each
+    request's first row in the concatenated payloads. Up to `ARRAY_ROWS_MAX` rows go as
+    column arrays in one statement (its own transaction), more through COPY and the staging
+    table. Raises `RowsRefused` when the rows themselves cannot be stored."""
     try:
-        async with conn.transaction():
-            await conn.copy_to_table(
-                "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
-            )
-            rows = await conn.fetch(sql, now, offsets, usage_window)
+        if rows <= ARRAY_ROWS_MAX:
+            columns = copy_columns(b"".join(payloads))
+            result = await conn.fetch(statements.arrays, now, offsets, usage_window, *columns)
+        else:
+            data = b"".join([COPY_HEADER, *payloads, COPY_TRAILER])
+            async with conn.transaction():
+                await conn.copy_to_table(
+                    "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
+                )
+                result = await conn.fetch(statements.staged, now, offsets, usage_window)
     except (asyncpg.DataError, asyncpg.ProgramLimitExceededError) as e:
         raise RowsRefused(f"{type(e).__name__}: {e}") from e
-    return [(r["req"], r["inserted"]) for r in rows if r["req"] >= 0]
+    return [(r["req"], r["inserted"]) for r in result if r["req"] >= 0]

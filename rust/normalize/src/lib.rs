@@ -4,6 +4,7 @@
 //! the `analytics._normalize` bindings in [`python`]. The rules are in this crate's README.
 
 pub mod body;
+pub mod columns;
 pub mod copy;
 pub mod error;
 pub mod event;

@@ -3,13 +3,14 @@
 //! Every entry point copies nothing it can borrow and detaches from the interpreter
 //! (releases the GIL) for the whole of its work.
 
+use crate::columns::{self, Column};
 use crate::error::ErrorCode;
 use crate::{event, signature, Limits, Normalized};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 create_exception!(
     _normalize,
@@ -133,6 +134,25 @@ fn sign(py: Python<'_>, secret: PyBackedBytes, body: PyBackedBytes, t: i64) -> S
     py.detach(|| signature::sign(&secret, &body, t))
 }
 
+/// The values of concatenated COPY tuples as one list per column, in `COPY_SCHEMA` order
+/// (text as str or None, timestamptz as µs since the Unix epoch, double precision as float
+/// or None, jsonb as its JSON text, smallint as int); ValueError when malformed.
+#[pyfunction]
+fn copy_columns<'py>(py: Python<'py>, data: PyBackedBytes) -> PyResult<Bound<'py, PyTuple>> {
+    let columns = columns::decode(&data).map_err(PyValueError::new_err)?;
+    let lists = columns
+        .into_iter()
+        .map(|column| match column {
+            Column::Text(v) => PyList::new(py, v),
+            Column::Timestamp(v) => PyList::new(py, v),
+            Column::Float(v) => PyList::new(py, v),
+            Column::Json(v) => PyList::new(py, v),
+            Column::SmallInt(v) => PyList::new(py, v),
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    PyTuple::new(py, lists)
+}
+
 #[pymodule]
 fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -144,6 +164,7 @@ fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify_signature, m)?)?;
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_event_name, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_columns, m)?)?;
     m.add("TS_CLAMPED", event::TS_CLAMPED)?;
     m.add("TS_SKEW_CORRECTED", event::TS_SKEW_CORRECTED)?;
     m.add("TS_DEFAULTED", event::TS_DEFAULTED)?;
