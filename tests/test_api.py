@@ -171,6 +171,26 @@ def test_signed_keys(env):
     assert (r.status_code, r.json()["code"]) == (401, "bad_signature")
 
 
+def test_a_replayed_signed_request_counts_once(env):
+    """An event with neither event_id nor ts would count at every receipt; in a signed
+    request it is told apart by the signature, so a captured request sent again is a
+    duplicate, while the same body signed anew is a new event."""
+    key = env["signed"]
+    auth = {"Authorization": f"Bearer {key.key}", "Content-Type": "application/json"}
+    secret = bytes.fromhex(key.signing_secret)
+    body = json.dumps({"events": [{"name": "replayed"}, {"name": "replayed"}]}).encode()
+    captured = {**auth, "X-Signature": sign(secret, body, int(time.time()) - 10)}
+    answers = [env["client"].post("/v1/batch", content=body, headers=captured) for _ in range(3)]
+    assert [(r.json()["accepted"], r.json()["duplicates"]) for r in answers] == [
+        (2, 0),
+        (0, 2),
+        (0, 2),
+    ]
+    anew = {**auth, "X-Signature": sign(secret, body, int(time.time()))}
+    r = env["client"].post("/v1/batch", content=body, headers=anew)
+    assert (r.json()["accepted"], r.json()["duplicates"]) == (2, 0)
+
+
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "code"),
     [

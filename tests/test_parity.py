@@ -5,6 +5,7 @@ import dataclasses
 import gzip
 import json
 import math
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +15,14 @@ from analytics import _normalize as rust
 from benches import normalize_reference as reference
 
 NOW_US = 1_700_000_000_000_000
+# PARITY_SCALE=100 runs every property a hundred times longer (a deeper differential run
+# than the suite's seconds allow; see rust/normalize/README.md, "Fuzzing").
+SCALE = int(os.environ.get("PARITY_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return n * SCALE
+
 
 # Alphabets whose case mappings are the same in Python 3.11's and Rust's Unicode versions.
 LETTERS = st.sampled_from(list("abcXYZ09 ._-\t\n\u00a0\u2003ÄÖÜßéñΑΒΓΣσςДЖЯ日本語😀İ\u0301\x01"))  # noqa: RUF001
@@ -181,10 +190,21 @@ def same(a, b):
     return type(a) is type(b) and a == b
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies())
 def test_rust_matches_reference(case):
     body, kwargs, limits = case
+    got, want = outcome(rust, body, kwargs, limits), outcome(reference, body, kwargs, limits)
+    assert same(got, want), (got, want)
+
+
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies(), st.integers(0, 2**40))
+def test_signed_receipts_match_reference(case, signed_at):
+    """A verified signature's time makes the fingerprints of id- and ts-less events stable
+    across replays; both implementations derive them the same way."""
+    body, kwargs, limits = case
+    kwargs = {**kwargs, "signed_at": signed_at}
     got, want = outcome(rust, body, kwargs, limits), outcome(reference, body, kwargs, limits)
     assert same(got, want), (got, want)
 
@@ -245,7 +265,7 @@ def mutated(draw):
     return bytes(data), kwargs, limits
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(mutated())
 def test_broken_bodies_agree_and_never_crash(case):
     body, kwargs, limits = case
@@ -253,7 +273,7 @@ def test_broken_bodies_agree_and_never_crash(case):
     assert same(got, want), (got, want)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=300), st.booleans(), st.sampled_from([None, "gzip", "deflate"]))
 def test_arbitrary_bytes_never_crash(body, ndjson, encoding):
     try:
@@ -286,7 +306,7 @@ headers = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(headers, st.binary(max_size=20), st.integers(0, 2000), st.booleans())
 def test_signature_parity(header, body, now, use_real):
     if use_real:

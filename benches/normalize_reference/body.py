@@ -3,6 +3,7 @@ shape, then each event on its own (:func:`normalize_batch`)."""
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ def normalize_batch(
     ndjson: bool = False,
     limits: Limits | None = None,
     loads: Callable[[bytes], Any] | None = None,
+    signed_at: int | None = None,
 ) -> NormalizedBatch:
     """Normalize a request body into binary COPY tuples, per the README.
 
@@ -105,7 +107,8 @@ def normalize_batch(
     ``invalid_json``, ``invalid_shape``, ``invalid_sent_at``, ``too_many_events``), with
     ``.code`` and ``.status`` as the extension sets them; each event is then accepted or
     rejected on its own with the first failing check, in the README's order.
-    ``received_at_us`` is the receive time in µs since the Unix epoch.
+    ``received_at_us`` is the receive time in µs since the Unix epoch; ``signed_at`` the
+    signing time of a verified signature, which makes a replay of the request dedup.
 
     ``loads`` replaces ``json.loads`` (e.g. ``orjson.loads``, for the benchmark baseline
     "orjson + Python rules"); such a parser returns dicts, so duplicate keys are not
@@ -114,6 +117,7 @@ def normalize_batch(
     ``events``/``sent_at``.
     """
     lim = limits or Limits()
+    signed = None if signed_at is None else (signed_at, hashlib.sha256(body).digest())
     # Reading: "identity" is case-insensitive like "gzip"; no whitespace is trimmed.
     encoding = (content_encoding or "identity").lower()
     if encoding == "gzip":
@@ -156,7 +160,9 @@ def normalize_batch(
                     event = parse(event, loads)
                 except ValueError as e:
                     raise Reject("invalid_json", f"line is not valid JSON: {e}") from None
-            rows.append(event_row(event, index, sent_at_us, received_at_us, customer_id, lim))
+            rows.append(
+                event_row(event, index, sent_at_us, received_at_us, customer_id, lim, signed)
+            )
         except Reject as r:
             rejected.append((index, r.code, r.message))
     return NormalizedBatch(len(rows), rejected, b"".join(rows), len(events))

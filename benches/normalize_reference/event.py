@@ -159,10 +159,14 @@ def _fingerprint(
     user_id: str | None,
     value: float | None,
     props: dict[str, Any],
+    signed: tuple[int, bytes] | None = None,
 ) -> bytes:
-    """The README's fingerprint byte string (integers and f64 bits little-endian)."""
+    """The README's fingerprint byte string (integers and f64 bits little-endian).
+    ``signed`` is (signing time, SHA-256 of the body) of a verified signed request."""
     parts = [b"n", _lp(name)]
-    if client_ts is None:
+    if client_ts is None and signed is not None:
+        parts.append(b"s" + pack("<q", signed[0]) + signed[1] + pack("<I", index))
+    elif client_ts is None:
         parts.append(b"r" + pack("<qI", received_at_us, index))
     else:
         parts.append(b"t" + pack("<q", client_ts))
@@ -184,6 +188,7 @@ def event_row(
     received_at_us: int,
     customer_id: str,
     lim: Limits,
+    signed: tuple[int, bytes] | None = None,
 ) -> bytes:
     """Check and normalize one event (all checks after event_too_large); its COPY tuple."""
     if not isinstance(event, OBJECT):
@@ -238,7 +243,7 @@ def event_row(
     if event_id is not None:
         dedup_key = "id:" + event_id
     else:
-        fp = _fingerprint(name, client_ts, received_at_us, index, user_id, value, props)
+        fp = _fingerprint(name, client_ts, received_at_us, index, user_id, value, props, signed)
         dedup_key = "fp:" + hashlib.sha256(fp).hexdigest()[:32]
         flags |= DEDUP_FINGERPRINT
 

@@ -24,8 +24,9 @@ def sign(secret: bytes, body: bytes, t: int) -> str:
 
 def verify_signature(
     secret: bytes, header: str, body: bytes, now_s: int, tolerance_s: int = 300
-) -> None:
-    """Check ``X-Signature: t=<unix s>,v1=<hex>[,v1=<hex>...]`` over the raw body bytes.
+) -> int:
+    """Check ``X-Signature: t=<unix s>,v1=<hex>[,v1=<hex>...]`` over the raw body bytes;
+    return its ``t``.
 
     Raises :class:`SignatureError` with ``malformed_signature``, ``stale_signature``,
     ``future_signature`` or ``bad_signature``, checked in that order.
@@ -59,3 +60,4 @@ def verify_signature(
         matched |= hmac.compare_digest(expected, bytes.fromhex(v))
     if not matched:
         raise signature_error("bad_signature", "no v1 signature matches")
+    return t

@@ -92,18 +92,22 @@ def normalize_batch(
     content_encoding: str | None = None,
     ndjson: bool = False,
     limits: Limits | None = None,
+    signed_at: int | None = None,
 ) -> NormalizedBatch:
     """Decode, validate, normalize and COPY-encode every event of `body`.
 
     Raises NormalizeError (with `.code`) when the body as a whole is refused;
     bad single events are listed in `.rejected` instead (e.g. `value_out_of_range` for a
-    `value` beyond ±`MAX_ABS_VALUE`).
+    `value` beyond ±`MAX_ABS_VALUE`). `signed_at` is the signing time `verify_signature`
+    returned for this body: events with neither `event_id` nor `ts` then get a dedup key
+    from (signing time, SHA-256 of the body, index), so a replayed signed request counts once.
     """
 
 def verify_signature(
     secret: bytes, header: str, body: bytes, now_s: int, tolerance_s: int = 300
-) -> None:
-    """Check `X-Signature` (`t=<secs>,v1=<hex>[,v1=…]`); raise SignatureError on failure."""
+) -> int:
+    """Check `X-Signature` (`t=<secs>,v1=<hex>[,v1=…]`) and return its signing time `t`;
+    raise SignatureError on failure."""
 
 def sign(secret: bytes, body: bytes, t: int) -> str:
     """A valid `X-Signature` value for `body` signed at unix time `t`."""

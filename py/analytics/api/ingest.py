@@ -80,6 +80,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
         body = await read_body(request, cap)
     inline = len(body) <= settings.inline_normalize_bytes
 
+    signed_at = None  # the verified signature's time: a replay of the request then dedups
     if key.signing_secret is not None and svc.flags.enabled("signature_enforcement"):
         header = request.headers.get("x-signature")
         if not header:
@@ -94,7 +95,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
         )
         try:
             with timed(request, "signature"):
-                check() if inline else await svc.offload.run("cpu", check)
+                signed_at = check() if inline else await svc.offload.run("cpu", check)
         except SignatureError as e:
             raise ApiError(e.status, e.code, str(e.args[1])) from None
 
@@ -106,6 +107,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
         content_encoding=encoding,
         ndjson=ndjson,
         limits=svc.batch_limits if batch else svc.event_limits,
+        signed_at=signed_at,
     )
     try:
         with timed(request, "normalize"):

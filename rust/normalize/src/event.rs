@@ -45,6 +45,20 @@ pub struct Context<'c> {
     pub customer_id: &'c str,
     pub received_at_us: i64,
     pub sent_at_us: Option<i64>,
+    /// What tells this receipt from another, for events with neither id nor ts.
+    pub receipt: Receipt,
+}
+
+/// The identity of one receipt of a body, which the dedup fingerprint of an event with
+/// neither `event_id` nor `ts` is made from (it has nothing else to be told apart by).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Receipt {
+    /// An unsigned body: every receipt is new (a retry cannot be told from a repeat).
+    Received,
+    /// A body whose signature was verified: its signing time and the SHA-256 of the body
+    /// as sent. A replay of the same signed request is the same receipt, so it is counted
+    /// once; a new request is signed anew (another time or another body).
+    Signed { t: i64, body_sha256: [u8; 32] },
 }
 
 /// A flattened property value; strings are trimmed views into the parsed body.
@@ -152,7 +166,7 @@ pub fn encode(
             fingerprint_key = fingerprint(
                 &mut scratch.fingerprint,
                 &name,
-                client_ts.ok_or((ctx.received_at_us, index)),
+                client_ts.ok_or((ctx.receipt, ctx.received_at_us, index)),
                 user_id.as_deref(),
                 value,
                 &properties,
@@ -424,11 +438,11 @@ fn put_leaf(buf: &mut Vec<u8>, leaf: &Leaf) {
 }
 
 /// `"fp:"` + the first 16 bytes of SHA-256 over the README's fingerprint layout, in hex.
-/// `ts` is the client's ts, or (received_at, index) when the event has none.
+/// `ts` is the client's ts, or (receipt, received_at, index) when the event has none.
 fn fingerprint(
     buf: &mut Vec<u8>,
     name: &str,
-    ts: Result<i64, (i64, usize)>,
+    ts: Result<i64, (Receipt, i64, usize)>,
     user_id: Option<&str>,
     value: Option<f64>,
     properties: &[(Cow<str>, Leaf)],
@@ -441,9 +455,15 @@ fn fingerprint(
             buf.push(b't');
             buf.extend_from_slice(&ts.to_le_bytes());
         }
-        Err((received, index)) => {
+        Err((Receipt::Received, received, index)) => {
             buf.push(b'r');
             buf.extend_from_slice(&received.to_le_bytes());
+            buf.extend_from_slice(&(index as u32).to_le_bytes());
+        }
+        Err((Receipt::Signed { t, body_sha256 }, _, index)) => {
+            buf.push(b's');
+            buf.extend_from_slice(&t.to_le_bytes());
+            buf.extend_from_slice(&body_sha256);
             buf.extend_from_slice(&(index as u32).to_le_bytes());
         }
     }
@@ -549,6 +569,7 @@ mod tests {
             customer_id: "c",
             received_at_us: 1_700_000_000_000_000,
             sent_at_us: None,
+            receipt: Receipt::Received,
         };
         let j = crate::json::parse(event, 0).unwrap();
         let mut out = Vec::new();

@@ -66,7 +66,8 @@ impl NormalizedBatch {
 
 /// Validates, normalizes and COPY-encodes every event of `body`, with the GIL released.
 #[pyfunction]
-#[pyo3(signature = (body, received_at_us, *, customer_id = "", content_encoding = None, ndjson = false, limits = None))]
+#[pyo3(signature = (body, received_at_us, *, customer_id = "", content_encoding = None, ndjson = false, limits = None, signed_at = None))]
+#[allow(clippy::too_many_arguments)]
 fn normalize_batch(
     py: Python<'_>,
     body: PyBackedBytes,
@@ -75,16 +76,18 @@ fn normalize_batch(
     content_encoding: Option<&str>,
     ndjson: bool,
     limits: Option<&Limits>,
+    signed_at: Option<i64>,
 ) -> PyResult<NormalizedBatch> {
     let limits = limits.copied().unwrap_or_default();
     let result = py.detach(|| {
-        crate::normalize_batch(
+        crate::normalize_receipt(
             &body,
             received_at_us,
             customer_id,
             content_encoding,
             ndjson,
             &limits,
+            signed_at,
         )
     });
     let Normalized {
@@ -104,7 +107,8 @@ fn normalize_batch(
     })
 }
 
-/// Checks an `X-Signature` header against `body`; raises `SignatureError` with a code.
+/// Checks an `X-Signature` header against `body` and returns its signing time `t`; raises
+/// `SignatureError` with a code.
 #[pyfunction]
 #[pyo3(signature = (secret, header, body, now_s, tolerance_s = 300))]
 fn verify_signature(
@@ -114,8 +118,8 @@ fn verify_signature(
     body: PyBackedBytes,
     now_s: i64,
     tolerance_s: i64,
-) -> PyResult<()> {
-    py.detach(|| signature::verify(&secret, header, &body, now_s, tolerance_s))
+) -> PyResult<i64> {
+    py.detach(|| signature::verify_at(&secret, header, &body, now_s, tolerance_s))
         .map_err(|e| coded::<SignatureError>(py, e.code(), e.message()))
 }
 

@@ -97,6 +97,17 @@ pub fn verify(
     now_s: i64,
     tolerance_s: i64,
 ) -> Result<(), SignatureError> {
+    verify_at(secret, header, body, now_s, tolerance_s).map(|_| ())
+}
+
+/// [`verify`], returning the signing time `t` (unix seconds) of a valid signature.
+pub fn verify_at(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now_s: i64,
+    tolerance_s: i64,
+) -> Result<i64, SignatureError> {
     let (t_text, t, macs) = parse_header(header)?;
     if now_s.saturating_sub(t) > tolerance_s {
         return Err(SignatureError::Stale);
@@ -110,7 +121,7 @@ pub fn verify(
         acc | mac.clone().verify_slice(candidate).is_ok()
     });
     if matched {
-        Ok(())
+        Ok(t)
     } else {
         Err(SignatureError::Mismatch)
     }
