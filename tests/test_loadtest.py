@@ -358,15 +358,17 @@ def parsed(*argv: str) -> argparse.Namespace:
 
 
 def test_plan() -> None:
-    modes, scenarios, rates = plan.plan(parsed("--quick"))
-    assert modes == ["service"] and scenarios == list(plan.SCENARIOS)
-    assert all(len(r) <= 2 for r in rates.values())
-    modes, scenarios, rates = plan.plan(parsed("--compare"))
-    assert modes == ["naive", "threaded", "service"]
-    assert scenarios == ["ingest_single", "ingest_batch"]
-    assert rates["ingest_single"][0] <= 25  # below the naive variant's saturation
-    _, _, rates = plan.plan(parsed("--scenarios", "burst", "--rates", "100,50"))
-    assert rates == {"burst": [50, 100]}
+    got = plan.plan(parsed("--quick"))
+    assert got.modes == ["service"] and got.scenarios == list(plan.SCENARIOS)
+    assert all(len(r) <= 2 for r in got.rates.values())
+    assert got.runs == {"service": list(plan.SCENARIOS)} and got.skipped == []
+    got = plan.plan(parsed("--compare"))
+    assert got.modes == ["naive", "threaded", "service"]
+    assert got.scenarios == ["ingest_single", "ingest_batch"]
+    assert got.rates["ingest_single"][0] <= 25  # below the naive variant's saturation
+    assert plan.plan(parsed("--scenarios", "burst", "--rates", "100,50")).rates == {
+        "burst": [50, 100]
+    }
 
 
 def test_command_line() -> None:

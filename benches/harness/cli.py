@@ -1,10 +1,10 @@
 """The command: `just load ARGS`, i.e. `python -m benches.harness ARGS` from the checkout.
 
 Parses the flags, plans the run (`plan`), then for each mode starts a fresh stack, warms it
-up unrecorded and climbs each scenario's ladder (`measure.run_step`), stopping a ladder at
-its first saturated step unless `--full-ladder`. Results are rewritten after every step and
-plotted at the end, also when the run is interrupted. The exit code is 0 when every step
-ran: saturation is a result, not a failure.
+up unrecorded and climbs the ladder of each scenario the mode runs (`measure.run_step`),
+stopping a ladder at its first saturated step unless `--full-ladder`. Results are rewritten
+after every step and plotted at the end, also when the run is interrupted. The exit code is
+0 when every step ran: saturation is a result, not a failure.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from typing import Any
 from benches.harness.cpu import cpu_plan
 from benches.harness.k6 import k6_binary, run_k6
 from benches.harness.measure import run_step, settle
-from benches.harness.plan import MODES, SCENARIOS, plan
+from benches.harness.plan import BASELINES, MODES, REFERENCES, SCENARIOS, plan
 from benches.harness.plot import render_plot
 from benches.harness.report import describe, progress, render_markdown, write_results
 from benches.harness.results import Step
 from benches.harness.stack import ROOT, Stack
 
 EXAMPLES = (
-    "examples: just load --quick; just load --compare;"
-    " just load --scenarios ingest_single --rates 1000,2000,3000 --duration 20"
+    "examples: just load --quick; just load --compare; just load --reference;"
+    " just load --modes bare,service --scenarios ingest_single --rates 1000,2000,3000"
+    " --duration 20"
 )
 
 
@@ -53,11 +54,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run the case study's naive and threaded variants (benches/casestudy)",
     )
-    p.add_argument("--modes", type=_csv(MODES), help="modes to run (overrides --compare)")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run the references of the same run (benches/reference_apps): bare (a"
+        " constant answer on the same Hypercorn) and, for ingest_batch, copy (normalize +"
+        " one COPY per request); the same as --modes bare,service,copy",
+    )
+    p.add_argument(
+        "--modes",
+        type=_csv(MODES),
+        help=f"modes to run, in order, from {', '.join(MODES)} (overrides --compare and"
+        " --reference)",
+    )
     p.add_argument(
         "--scenarios",
         type=_csv(SCENARIOS),
-        help="comma-separated (default: all; with --compare: ingest_single,ingest_batch)",
+        help="comma-separated (default: all; with --compare, --reference or other modes than"
+        " service: ingest_single,ingest_batch)",
     )
     p.add_argument(
         "--rates",
@@ -69,12 +83,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stub-latency-ms", type=int, default=20, help="billing stub latency (default 20)"
     )
-    p.add_argument("--workers", type=int, default=1, help="Hypercorn workers of the service")
+    p.add_argument(
+        "--workers", type=int, default=1, help="Hypercorn workers of the service and references"
+    )
     p.add_argument(
         "--worker-class",
         default="uvloop",
         choices=["asyncio", "uvloop", "trio"],
-        help="Hypercorn worker class of the service (the case-study variants run asyncio)",
+        help="Hypercorn worker class of the service and the references (the case-study"
+        " variants run asyncio)",
     )
     p.add_argument("--batch", type=int, default=500, help="events per ingest_batch request")
     p.add_argument("--probes", type=int, default=20, help="freshness probes per step")
@@ -111,7 +128,8 @@ def run(opts: argparse.Namespace) -> int:
         opts.duration = 5 if opts.quick else 15
     if opts.warmup is None:
         opts.warmup = 2 if opts.quick else 3
-    modes, scenarios, rates = plan(opts)
+    planned = plan(opts)
+    modes, scenarios, rates = planned.modes, planned.scenarios, planned.rates
     server_cpus, opts.k6_cpus = cpu_plan(opts.workers)
     started = datetime.now(UTC)
     out_root = opts.out if opts.out.is_absolute() else ROOT / opts.out
@@ -123,6 +141,7 @@ def run(opts: argparse.Namespace) -> int:
         "modes": modes,
         "scenarios": scenarios,
         "rates": rates,
+        "skipped": planned.skipped,
         "duration_s": opts.duration,
         "quick": opts.quick,
         "workers": opts.workers,
@@ -144,20 +163,27 @@ def run(opts: argparse.Namespace) -> int:
         f" load average {meta['loadavg_before']}",
         flush=True,
     )
+    for note in planned.skipped:
+        print(f"not run: {note}", flush=True)
     steps: list[Step] = []
     t0 = time.monotonic()
     try:
         for mode in modes:
-            # The case-study variants run one worker: one core.
-            cpus = server_cpus if mode == "service" or server_cpus is None else "0"
-            print(f"[{mode:8s}] starting PostgreSQL, billing stub, server ...", flush=True)
+            mine = planned.runs[mode]
+            if not mine:
+                continue
+            # The case-study variants run one worker: one core. The references run the
+            # service's workers on the service's cores.
+            cpus = "0" if mode in BASELINES and server_cpus is not None else server_cpus
+            stub = "" if mode in REFERENCES else " billing stub,"
+            print(f"[{mode:8s}] starting PostgreSQL,{stub} server ...", flush=True)
             with Stack(mode, opts, ROOT, cpus) as stack:
                 if opts.warmup:
                     # Unrecorded: connection pools, prepared statements, caches.
-                    first = next((s for s in scenarios if s != "burst"), "ingest_single")
+                    first = next((s for s in mine if s != "burst"), "ingest_single")
                     rate = rates[first][0] if first in rates else 50
                     run_k6(stack, first, rate, opts.warmup, opts, run_dir)
-                for scenario in scenarios:
+                for scenario in mine:
                     for rate in rates[scenario]:
                         step = run_step(stack, scenario, rate, opts, run_dir)
                         steps.append(step)

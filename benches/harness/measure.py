@@ -3,8 +3,11 @@
 Around the step: `/metrics` and `/debug/stalls` scrapes, the CPU of the server's and
 PostgreSQL's process trees, and the offset of the server's log. During it: k6, the freshness
 probes and (with `--profile`) py-spy. The step's `Step` combines k6's figures with the loop
-figures, the blocking lines, the server's own timings and the CPU shares. Blocking; the
-probe thread and py-spy end with the step, whatever happens to k6.
+and commit figures, the blocking lines, the server's own timings, the CPU shares and what
+they cost per acknowledged event and per commit. A reference (benches/reference_apps) gets
+no probes: it has no query to answer them, and no watchdog, so its loop figures stay empty
+rather than faked. Blocking; the probe thread and py-spy end with the step, whatever happens
+to k6.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from pathlib import Path
 from benches.harness.cpu import tree_cpu
 from benches.harness.httpclient import scrape, scrape_metrics, scrape_stalls
 from benches.harness.k6 import parse_k6_summary, run_k6
-from benches.harness.plan import BURST_FACTOR, step_duration
+from benches.harness.plan import BURST_FACTOR, REFERENCES, step_duration
 from benches.harness.probes import Prober
-from benches.harness.promtext import loop_figures
+from benches.harness.promtext import commit_figures, loop_figures
 from benches.harness.pyspy import Profiler
-from benches.harness.results import Step, is_saturated
+from benches.harness.results import Step, cpu_costs, is_saturated
 from benches.harness.stack import Stack
 from benches.harness.stalls import blocking_delta, stall_culprits
 from benches.harness.timings import percentile, server_timings
@@ -36,7 +39,8 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
     duration_s = step_duration(scenario, opts.duration)
     before = scrape_metrics(stack.port)
     stalls_before = scrape_stalls(stack.port)
-    prober = Prober(stack.port, stack.keys, scenario, opts.probes, duration_s, opts.timeout)
+    probes = 0 if stack.mode in REFERENCES else opts.probes
+    prober = Prober(stack.port, stack.keys, scenario, probes, duration_s, opts.timeout)
     server_log = stack.tmp / "server.log"
     log_from = server_log.stat().st_size
     cpu_before, t0 = tree_cpu(stack.cpu_roots()), time.monotonic()
@@ -51,10 +55,9 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
         prober.join(timeout=opts.timeout + 5)
         prober.stop.set()
         profile = profiler.result() if profiler is not None else {}
+    used = {k: cpu_after[k] - v for k, v in cpu_before.items() if k in cpu_after}
     # Share of one core over the step (k6 from its rusage; it ran for about `elapsed`).
-    cpu = {
-        k: round((cpu_after[k] - v) / elapsed, 2) for k, v in cpu_before.items() if k in cpu_after
-    }
+    cpu = {k: round(v / elapsed, 2) for k, v in used.items()}
     cpu["k6"] = round(data["k6_cpu_s"] / elapsed, 2)
     after = scrape_metrics(stack.port)
     stalls_after = scrape_stalls(stack.port)
@@ -66,16 +69,23 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
     blocking = blocking_delta(stalls_before, stalls_after, opts.top_lines)
     if blocking is None:  # no /debug/stalls: what the watchdog logged
         blocking = stall_culprits(logged, opts.top_lines) or None
-    k6.pop("run_s")
-    k6.pop("events_accepted")
+    run_s = k6.pop("run_s")
+    acked = k6.pop("events_accepted")
+    per_request = opts.batch if scenario == "ingest_batch" else 1
+    if stack.mode == "bare":
+        # Its `accepted` is a constant: count what it answered, every event of each body.
+        acked = k6["statuses"].get("200", 0) * per_request
+        k6["events_per_s"] = round(acked / run_s, 1) if run_s else 0.0
     lag, stalls = loop_figures(before, after)
+    commits, rows_per_commit = commit_figures(before, after)
+    cpu_ms_per_event, pg_ms_per_commit = cpu_costs(used, acked, commits)
     step = Step(
         mode=stack.mode,
         scenario=scenario,
         offered_rps=rate,
         duration_s=duration_s,
         peak_rps=rate * (BURST_FACTOR if scenario == "burst" else 1),
-        events_per_request=opts.batch if scenario == "ingest_batch" else 1,
+        events_per_request=per_request,
         lag_p99_ms=None if lag is None else round(lag * 1000, 2),
         stalls=stalls,
         fresh_p99_ms=_round(percentile(prober.results, 0.99), 1000),
@@ -85,6 +95,11 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
         cpu=cpu,
         server_ms=timings,
         profile=profile,
+        commits=commits,
+        rows_per_commit=rows_per_commit,
+        commits_per_s=None if commits is None else round(commits / elapsed, 1),
+        cpu_ms_per_event=cpu_ms_per_event,
+        pg_ms_per_commit=pg_ms_per_commit,
         **k6,
     )
     step.saturated = is_saturated(step)

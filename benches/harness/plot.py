@@ -1,5 +1,8 @@
 """The results as a picture: latency percentiles against offered load (`latency.png`).
 
+Each mode has its colour; the references (benches/reference_apps) are drawn beside the
+service with square markers and dotted p99 lines, so a ceiling never reads as a contender.
+
 matplotlib is imported when a plot is drawn, not when the harness starts, and always with the
 Agg backend (no display, same pixels everywhere).
 """
@@ -12,7 +15,15 @@ from pathlib import Path
 
 from benches.harness.results import Step
 
-COLORS = {"naive": "tab:red", "threaded": "tab:orange", "service": "tab:blue"}
+COLORS = {
+    "naive": "tab:red",
+    "threaded": "tab:orange",
+    "service": "tab:blue",
+    "bare": "tab:gray",
+    "copy": "tab:green",
+}
+#: p99 line style and marker per mode: the references dotted, with squares.
+STYLES = {"bare": ":s", "copy": ":s"}
 
 
 def render_plot(steps: Sequence[Step], path: Path, title: str = "") -> Path:
@@ -38,7 +49,8 @@ def render_plot(steps: Sequence[Step], path: Path, title: str = "") -> Path:
                 continue
             xs = [s.offered_rps * (s.events_per_request if per_event else 1) for s in pts]
             color = COLORS.get(mode)
-            ax.plot(xs, [s.p99_ms for s in pts], "-o", color=color, label=f"{mode} p99", ms=4)
+            style = STYLES.get(mode, "-o")
+            ax.plot(xs, [s.p99_ms for s in pts], style, color=color, label=f"{mode} p99", ms=4)
             ax.plot(xs, [s.p50_ms for s in pts], "--", color=color, label=f"{mode} p50", lw=1)
             sat = [(x, s.p99_ms) for x, s in zip(xs, pts, strict=True) if s.saturated]
             if sat:

@@ -1,8 +1,9 @@
-"""The loop figures of a step from two Prometheus scrapes of `/metrics`.
+"""The loop and commit figures of a step from two Prometheus scrapes of `/metrics`.
 
 A step's loop lag p99 is the quantile of what the lag histogram observed between the scrapes
 (bucket deltas, with Prometheus' estimate: `analytics.runtime.histogram.bucket_quantile`);
-its stalls are the delta of the stall counter. Series are summed over their other labels
+its stalls are the delta of the stall counter; its commits the delta of the rows-per-commit
+histogram's count (and its rows, of the sum). Series are summed over their other labels
 (workers, routes), so a multi-worker server reads as one.
 """
 
@@ -16,6 +17,7 @@ Samples = Mapping[str, list[tuple[dict[str, str], float]]]
 
 LAG = "analytics_loop_lag_seconds"
 STALLS = "analytics_loop_stalls_total"
+COMMIT_ROWS = "analytics_writer_batch_rows"
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -45,6 +47,14 @@ def counter_value(samples: Samples, name: str) -> float | None:
     return None if values is None else sum(v for _, v in values)
 
 
+def histogram_totals(samples: Samples, name: str) -> tuple[float, float] | None:
+    """(count, sum) of histogram `name`, summed over its labels; None if absent."""
+    counts = samples.get(f"{name}_count")
+    if counts is None:
+        return None
+    return sum(v for _, v in counts), sum(v for _, v in samples.get(f"{name}_sum", []))
+
+
 def bucket_delta(before: Mapping[float, float], after: Mapping[float, float]) -> dict[float, float]:
     """What a histogram observed between two scrapes (a bucket new in `after` counts whole)."""
     return {le: after[le] - before.get(le, 0.0) for le in after}
@@ -64,3 +74,15 @@ def loop_figures(before: str, after: str) -> tuple[float | None, int | None]:
     if stalls_after is None:
         return p99, None
     return p99, round(stalls_after - (counter_value(b, STALLS) or 0.0))
+
+
+def commit_figures(before: str, after: str) -> tuple[int | None, float | None]:
+    """(commits, mean rows per commit) between two `/metrics` scrapes, from the delta of the
+    `analytics_writer_batch_rows` histogram; (None, None) when the server exports none, and
+    (0, None) when it committed nothing in between."""
+    a = histogram_totals(parse_metrics(after), COMMIT_ROWS)
+    if a is None:
+        return None, None
+    b = histogram_totals(parse_metrics(before), COMMIT_ROWS) or (0.0, 0.0)
+    commits, rows = round(a[0] - b[0]), a[1] - b[1]
+    return commits, (round(rows / commits, 1) if commits > 0 else None)

@@ -23,6 +23,7 @@ from benches.harness.stack import Stack, stop_process
 PROFILE_GROUPS = (
     ("analytics/", "analytics (this service)"),
     ("benches/casestudy/", "case-study variant"),
+    ("benches/reference_apps/", "reference app"),
     ("hypercorn/", "hypercorn + h11"),
     ("h11/", "hypercorn + h11"),
     ("starlette/", "starlette"),

@@ -2,7 +2,10 @@
 
 `Stack` is a context manager: entering starts everything (the database prepared by
 `analytics.store.bootstrap`, the stub by `analytics.billing.stub.spawn`, the server pinned
-with taskset) and waits until the server is ready; leaving, even after a failed start,
+with taskset) and waits until the server is ready. The server is this service (`analytics
+serve`), a case-study variant (`benches.casestudy.serve`) or a reference
+(`benches.reference_apps.serve`, on the service's Hypercorn settings, worker class and
+worker count; it bills nothing, so no stub is started for it); leaving, even after a failed start,
 stops the server and the stub, keeps the end of each one's output under the run directory,
 stops PostgreSQL and removes the temporary directory. Every process runs in its own session
 so that Ctrl-C reaches only the harness, which then stops them. Blocking throughout.
@@ -32,6 +35,7 @@ from analytics.store.bootstrap import CustomerKeys, customer_with_keys, prepare
 from analytics.store.embedded import start_embedded, stop_embedded
 from benches.harness.cpu import pinned
 from benches.harness.httpclient import Http
+from benches.harness.plan import REFERENCES
 
 #: The checkout: the servers run from it (`-m benches.casestudy.serve`), results go under it.
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,8 +71,8 @@ async def _prepare_database(dsn: str, signing: bool) -> CustomerKeys:
 
 
 class Stack:
-    """PostgreSQL, billing stub and server for `mode` (`service` or a case-study variant),
-    the server on `server_cpus`. `port` and `keys` are set once entered."""
+    """PostgreSQL, billing stub and server for `mode` (`service`, a case-study variant or a
+    reference), the server on `server_cpus`. `port` and `keys` are set once entered."""
 
     def __init__(self, mode: str, opts: argparse.Namespace, root: Path, server_cpus: str | None):
         self.mode, self.opts, self.root, self.server_cpus = mode, opts, root, server_cpus
@@ -95,34 +99,22 @@ class Stack:
         dsn = start_embedded(self.tmp)
         self.db_started = True
         self.keys = anyio.run(_prepare_database, dsn, self.opts.sign)
-        with self.log("billing-stub") as out:
-            self.stub = billing_stub.spawn(
-                self.opts.stub_latency_ms,
-                ready_s=20,
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        env = {"DATABASE_URL": dsn}
+        if self.mode not in REFERENCES:
+            with self.log("billing-stub") as out:
+                self.stub = billing_stub.spawn(
+                    self.opts.stub_latency_ms,
+                    ready_s=20,
+                    cwd=self.root,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            env["BILLING_URL"] = self.stub.url
         self.port = billing_stub.free_port()
-        env = {"DATABASE_URL": dsn, "BILLING_URL": self.stub.url}
-        if self.mode == "service":
-            cmd = [sys.executable, "-m", "analytics.cli", "serve"]
-            cmd += ["--port", str(self.port), "--workers", str(self.opts.workers)]
-            cmd += ["--worker-class", self.opts.worker_class]
-            env |= {
-                "ANALYTICS_DATA_DIR": str(self.tmp),
-                # The per-key token bucket would answer 429 above 2,000 req/s: what is
-                # measured here is the service's capacity, not its rate limiter.
-                "ANALYTICS_RATE_LIMIT_PER_S": "1000000",
-                "ANALYTICS_RATE_LIMIT_BURST": "1000000",
-            }
-            ready = "/readyz"
-        else:
-            cmd = [sys.executable, "-m", "benches.casestudy.serve", "--variant", self.mode]
-            cmd += ["--port", str(self.port)]
-            ready = "/healthz"
+        cmd, ready, extra = self.server_command()
+        env |= extra
         with self.log("server") as out:
             self.server = subprocess.Popen(
                 pinned(self.server_cpus, cmd),
@@ -134,6 +126,30 @@ class Stack:
                 start_new_session=True,
             )
         self.wait_ready(self.server, ready, 60)
+
+    def server_command(self) -> tuple[list[str], str, dict[str, str]]:
+        """(argv, readiness path, extra environment) of the server of this mode."""
+        assert self.keys is not None
+        port = ["--port", str(self.port)]
+        if self.mode == "service":
+            cmd = [sys.executable, "-m", "analytics.cli", "serve", *port]
+            cmd += ["--workers", str(self.opts.workers), "--worker-class", self.opts.worker_class]
+            env = {
+                "ANALYTICS_DATA_DIR": str(self.tmp),
+                # The per-key token bucket would answer 429 above 2,000 req/s: what is
+                # measured here is the service's capacity, not its rate limiter.
+                "ANALYTICS_RATE_LIMIT_PER_S": "1000000",
+                "ANALYTICS_RATE_LIMIT_BURST": "1000000",
+            }
+            return cmd, "/readyz", env
+        if self.mode in REFERENCES:
+            cmd = [sys.executable, "-m", "benches.reference_apps.serve", "--variant", self.mode]
+            cmd += [*port, "--workers", str(self.opts.workers)]
+            cmd += ["--worker-class", self.opts.worker_class]
+            cmd += ["--customer-id", str(self.keys.customer_id)]
+            return cmd, "/readyz", {}
+        cmd = [sys.executable, "-m", "benches.casestudy.serve", "--variant", self.mode, *port]
+        return cmd, "/healthz", {}
 
     def wait_ready(self, server: subprocess.Popen, path: str, deadline_s: float) -> None:
         """Until `path` answers 200; RuntimeError (with the server's output) if the server
