@@ -5,6 +5,10 @@ a lookup one primary-key hit (and carry the shard key under Citus); the secret i
 characters (256 bits). Only sha256(key) is stored. A key may carry a signing secret (32 random
 bytes, given to the user hex-encoded); it is stored raw because the server needs it to verify
 request HMACs. Times come from the caller.
+
+Customer names are what operators type (`keys create --customer NAME`): trimmed, 1 to 100
+printable characters. Each key records when it was last used, to the hour (`lookup_key` sets
+it in its one statement only when the stored time is older than `LAST_USED_RESOLUTION`).
 """
 
 from __future__ import annotations
@@ -15,13 +19,21 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 #: The scopes a key may hold: "write" to send events, "read" to query metrics.
 SCOPES = frozenset({"write", "read"})
 
+#: Longest customer name, in characters (after trimming).
+MAX_CUSTOMER_NAME_CHARS = 100
+
+#: `last_used_at` is written when the stored time is older than this: at most one row update
+#: per key and hour, whatever the request rate.
+LAST_USED_RESOLUTION = timedelta(hours=1)
+
+_KEY_ID = re.compile(r"[0-9a-f]{8}")
 _KEY = re.compile(r"ak_([1-9][0-9]{0,18})_([0-9a-f]{8})_[A-Za-z0-9_-]{32,}")
 _MAX_BIGINT = 2**63 - 1
 
@@ -46,6 +58,20 @@ class KeyInfo:
     signing_secret: bytes | None
 
 
+@dataclass(frozen=True)
+class KeyListing:
+    """A key as `keys list` shows it: never the key itself, which is not stored."""
+
+    key_id: str
+    customer: str
+    customer_id: int
+    scopes: frozenset[str]
+    signing: bool
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
 def _hash(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -67,8 +93,25 @@ def validate_scopes(scopes: Iterable[str]) -> frozenset[str]:
     return result
 
 
+def validate_customer_name(name: str) -> str:
+    """`name` trimmed; ValueError if that is empty, longer than `MAX_CUSTOMER_NAME_CHARS`, or
+    holds a character that is not printable (control characters, line breaks, other
+    separators than the space, unassigned or private-use code points)."""
+    trimmed = name.strip()
+    if not trimmed:
+        raise ValueError("a customer name must not be empty")
+    if len(trimmed) > MAX_CUSTOMER_NAME_CHARS:
+        raise ValueError(f"a customer name has at most {MAX_CUSTOMER_NAME_CHARS} characters")
+    if not trimmed.isprintable():
+        bad = next(c for c in trimmed if not c.isprintable())
+        raise ValueError(f"a customer name must be printable (found U+{ord(bad):04X})")
+    return trimmed
+
+
 async def create_customer(conn: asyncpg.Connection, name: str, now: datetime) -> int:
-    """The id of the customer named `name`, created (at `now`) if missing."""
+    """The id of the customer named `name` (see `validate_customer_name`, which may raise
+    ValueError; the trimmed name is stored), created (at `now`) if missing."""
+    name = validate_customer_name(name)
     customer_id = await conn.fetchval(
         "INSERT INTO customers (name, created_at) VALUES ($1, $2)"
         " ON CONFLICT (name) DO NOTHING RETURNING customer_id",
@@ -112,25 +155,43 @@ async def create_key(
             )
 
 
+# One round trip: the row, and `last_used_at` moved forward when it is older than the
+# resolution (an UPDATE in a WITH runs whether or not the query reads it). Only the right
+# key marks itself used; an unknown, wrong or revoked key matches no row in either part.
+_LOOKUP_SQL = """
+WITH touched AS (
+    UPDATE api_keys SET last_used_at = $4
+    WHERE customer_id = $1 AND key_id = $2 AND key_hash = $3 AND revoked_at IS NULL
+      AND (last_used_at IS NULL OR last_used_at < $4::timestamptz - $5::interval)
+)
+SELECT key_hash, scopes, signing_secret FROM api_keys
+WHERE customer_id = $1 AND key_id = $2 AND revoked_at IS NULL
+"""
+
+
 async def lookup_key(
-    db: asyncpg.Connection | asyncpg.Pool, key: str, *, acquire_timeout_s: float | None = None
+    db: asyncpg.Connection | asyncpg.Pool,
+    key: str,
+    *,
+    acquire_timeout_s: float | None = None,
+    now: datetime | None = None,
 ) -> KeyInfo | None:
     """The key's info, or None if it is malformed, unknown, wrong or revoked. A malformed key
-    is refused before any connection is taken from a pool."""
+    is refused before any connection is taken from a pool. A valid key's `last_used_at` is
+    set to `now` (default: the current time) when older than `LAST_USED_RESOLUTION`, in the
+    same statement."""
     parsed = _parse(key)
     if parsed is None:
         return None
     customer_id, key_id = parsed
-    sql = (
-        "SELECT key_hash, scopes, signing_secret FROM api_keys"
-        " WHERE customer_id = $1 AND key_id = $2 AND revoked_at IS NULL"
-    )
+    digest = _hash(key)
+    args = (customer_id, key_id, digest, now or datetime.now(UTC), LAST_USED_RESOLUTION)
     if isinstance(db, asyncpg.Pool):
         async with db.acquire(timeout=acquire_timeout_s) as conn:
-            row = await conn.fetchrow(sql, customer_id, key_id)
+            row = await conn.fetchrow(_LOOKUP_SQL, *args)
     else:
-        row = await db.fetchrow(sql, customer_id, key_id)
-    if row is None or not hmac.compare_digest(row["key_hash"], _hash(key)):
+        row = await db.fetchrow(_LOOKUP_SQL, *args)
+    if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
     return KeyInfo(customer_id, key_id, frozenset(row["scopes"]), row["signing_secret"])
 
@@ -149,3 +210,71 @@ async def revoke_key(conn: asyncpg.Connection, key: str, now: datetime) -> bool:
         _hash(key),
     )
     return bool(revoked)
+
+
+def is_key_id(text: str) -> bool:
+    """Whether `text` is a key id (8 lowercase hex digits) rather than a whole key."""
+    return _KEY_ID.fullmatch(text) is not None
+
+
+class AmbiguousKeyId(Exception):
+    """Several customers hold an active key with this id: name the customer."""
+
+    def __init__(self, key_id: str, customers: list[str]) -> None:
+        super().__init__(f"key id {key_id} is held by several customers: {', '.join(customers)}")
+        self.customers = customers
+
+
+# Matches the active keys with the id (of the named customer), and revokes only if exactly
+# one matches; returns every match's customer name.
+_REVOKE_ID_SQL = """
+WITH found AS (
+    SELECT k.customer_id, c.name FROM api_keys k JOIN customers c USING (customer_id)
+    WHERE k.key_id = $1 AND k.revoked_at IS NULL AND ($3::text IS NULL OR c.name = $3)
+), revoked AS (
+    UPDATE api_keys SET revoked_at = $2
+    WHERE key_id = $1 AND revoked_at IS NULL
+      AND customer_id = (SELECT customer_id FROM found WHERE (SELECT count(*) FROM found) = 1)
+)
+SELECT name FROM found ORDER BY name
+"""
+
+
+async def revoke_key_id(
+    conn: asyncpg.Connection, key_id: str, now: datetime, *, customer: str | None = None
+) -> str | None:
+    """Revoke the active key with this id (of the customer named `customer`, if given), as of
+    `now`; the customer's name, or None if no active key matches. Raises `AmbiguousKeyId`,
+    revoking nothing, when keys of several customers match (ids are unique per customer)."""
+    if not is_key_id(key_id):
+        return None
+    names = [r["name"] for r in await conn.fetch(_REVOKE_ID_SQL, key_id, now, customer)]
+    if len(names) > 1:
+        raise AmbiguousKeyId(key_id, names)
+    return names[0] if names else None
+
+
+async def list_keys(conn: asyncpg.Connection, customer: str | None = None) -> list[KeyListing]:
+    """Every key (revoked ones too), of the customer named `customer` if given, by customer
+    name then creation time."""
+    rows = await conn.fetch(
+        "SELECT k.key_id, c.name, k.customer_id, k.scopes, k.signing_secret IS NOT NULL AS signing,"
+        " k.created_at, k.last_used_at, k.revoked_at"
+        " FROM api_keys k JOIN customers c USING (customer_id)"
+        " WHERE $1::text IS NULL OR c.name = $1"
+        " ORDER BY c.name, k.created_at, k.key_id",
+        customer,
+    )
+    return [
+        KeyListing(
+            r["key_id"],
+            r["name"],
+            r["customer_id"],
+            frozenset(r["scopes"]),
+            r["signing"],
+            r["created_at"],
+            r["last_used_at"],
+            r["revoked_at"],
+        )
+        for r in rows
+    ]
