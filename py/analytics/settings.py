@@ -1,98 +1,149 @@
 """Settings, read once from the environment (`ANALYTICS_*`, plus `DATABASE_URL`).
 
-Every knob has a production-sane default; tests and benchmarks override by keyword.
+Every knob has a production-sane default; tests and benchmarks override by keyword. Each field
+is documented by the `#:` comment above it; `analytics settings` prints them all with their
+values and where each came from (`sources`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 DEFAULT_DIMENSIONS = ("path", "referrer_host", "utm.source", "country", "browser")
 
+#: Settings read from a variable other than `ANALYTICS_<FIELD>`: the names other tools use.
+ENV_NAMES = {"database_url": "DATABASE_URL", "billing_url": "BILLING_URL"}
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+
+def env_name(field_name: str) -> str:
+    """The environment variable a setting is read from."""
+    return ENV_NAMES.get(field_name, f"ANALYTICS_{field_name.upper()}")
 
 
 @dataclass(frozen=True)
 class Settings:
-    # Database. With database_url empty an embedded PostgreSQL (pgserver) runs under data_dir.
+    # Database.
+    #: PostgreSQL DSN. Empty: an embedded PostgreSQL (pgserver) runs under `data_dir`.
     database_url: str = ""
     #: A direct (non-pooled) DSN for LISTEN; defaults to database_url.
     direct_database_url: str = ""
+    #: Where the embedded PostgreSQL keeps its data (`<data_dir>/pg`) and the workers their
+    #: Prometheus files.
     data_dir: Path = Path(".analytics")
+    #: Connections each worker's pool keeps open, at least.
     pool_min_size: int = 2
+    #: Connections each worker's pool opens, at most (the writer's lanes come on top).
     pool_max_size: int = 10
-    #: 0 behind PgBouncer in transaction mode (prepared statements do not survive there).
+    #: asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
+    #: mode (prepared statements do not survive there).
     statement_cache_size: int = 100
+    #: Seconds to open a connection.
     connect_timeout_s: float = 5.0
+    #: Seconds a request waits for a pooled connection.
     acquire_timeout_s: float = 2.0
+    #: Default deadline of every statement, in seconds.
     command_timeout_s: float = 10.0
 
     # HTTP.
+    #: Address `analytics serve` binds.
     host: str = "127.0.0.1"
+    #: Port `analytics serve` binds.
     port: int = 8000
+    #: Hypercorn worker processes.
     workers: int = 1
     #: On SIGTERM, in-flight requests get this long to finish before the writer's final flush.
     graceful_timeout_s: float = 10.0
 
     # Ingest caps.
+    #: Largest body of `POST /v1/events` (decompressed), in bytes.
     max_event_body_bytes: int = 1024 * 1024
+    #: Largest body of `POST /v1/batch` (decompressed), in bytes.
     max_batch_body_bytes: int = 5 * 1024 * 1024
+    #: Most events in one batch.
     max_batch_events: int = 5000
+    #: Signed requests: how far (seconds) the signature's timestamp may lie in the past or
+    #: the future.
     signature_tolerance_s: int = 300
     #: Bodies up to this size are normalized inline on the loop (a few µs); larger ones go to
     #: a worker thread under the `cpu` limiter.
     inline_normalize_bytes: int = 16 * 1024
 
     # Group-commit writer.
+    #: Requests waiting for the writer, at most: beyond, 503 with Retry-After.
     writer_inbox: int = 256
     #: Rows waiting for the writer, at most (under 1 s of commits at ~30k rows/s): beyond, 503.
     writer_inbox_rows: int = 20_000
+    #: Most rows in one group commit.
     writer_max_batch_rows: int = 20_000
+    #: How long the writer waits for more requests before it commits, in seconds.
     writer_window_s: float = 0.002
     #: Concurrent commit lanes, each on its own connection (one PostgreSQL backend each).
     writer_connections: int = 2
+    #: Deadline of one group commit, in seconds.
     commit_timeout_s: float = 5.0
+    #: Deadline of one HTTP request, in seconds (504 `deadline_exceeded` past it).
     request_timeout_s: float = 2.0
 
     # Billing: usage is counted per window and sent through the blocking vendor SDK.
+    #: The billing service. Empty: `analytics serve` starts the development stub.
     billing_url: str = ""
+    #: Usage is counted per window of this many seconds.
     billing_window_s: float = 60.0
+    #: Threads the blocking billing SDK may use at once (the `billing_sdk` limiter).
     billing_sdk_threads: int = 4
+    #: Deadline of one billing call, in seconds.
     billing_timeout_s: float = 2.0
+    #: How often the dispatcher looks for closed windows, in seconds.
     billing_poll_s: float = 1.0
+    #: Longest wait between retries while billing is down, in seconds.
     billing_max_backoff_s: float = 30.0
 
     # Per-key token bucket (per worker process).
+    #: Requests per second a key may make, sustained.
     rate_limit_per_s: float = 2000.0
+    #: Requests a key may make in a burst.
     rate_limit_burst: float = 4000.0
 
     # Feature flags' defaults (rows in feature_flags override them at run time).
+    #: Send usage to billing.
     flag_billing_dispatch: bool = True
+    #: Derive the `browser` dimension from the user agent when an event names none.
     flag_enrichment: bool = True
+    #: Refuse unsigned requests made with signing keys.
     flag_signature_enforcement: bool = True
 
     #: Dedup records live this long (at least 7 days): retries within it count once.
     dedup_retention_days: float = 8.0
+    #: Raw events are kept this many days (0: forever). The hourly maintenance drops each
+    #: monthly partition of `events` once it lies entirely before now minus this, with its
+    #: minute rollups; the default partition (rows outside the monthly ones) is never dropped.
+    retention_days: int = 0
 
     # Query.
+    #: The dimensions rollups are kept for and queries may group or filter by.
     dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
+    #: Most buckets one `/v1/metrics` answer may hold.
     max_buckets: int = 1500
+    #: Longest time range of one `/v1/metrics` query, in days.
     max_range_days: int = 92
+    #: Query results each worker caches.
     cache_entries: int = 2048
 
     # Loop watchdog: a heartbeat later than the threshold is a stall, reported with the stack.
     #: Off only to measure its overhead.
     watchdog_enabled: bool = True
+    #: A heartbeat later than this (seconds) is a stall.
     watchdog_threshold_s: float = 0.05
+    #: The heartbeat's period, in seconds.
     watchdog_interval_s: float = 0.01
     #: faulthandler's C-level timer for stalls in C code holding the GIL (one per process).
     watchdog_c_fallback: bool = True
 
     # Limiters.
+    #: Threads normalizing large bodies at once (the `cpu` limiter).
     cpu_threads: int = 2
 
     @property
@@ -101,16 +152,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Settings from `ANALYTICS_<FIELD>` variables (and `DATABASE_URL`), then `overrides`."""
-        values: dict[str, object] = {
-            "database_url": _env("DATABASE_URL", ""),
-            "direct_database_url": _env("ANALYTICS_DIRECT_DATABASE_URL", ""),
-            "data_dir": Path(_env("ANALYTICS_DATA_DIR", ".analytics")),
-            "billing_url": _env("BILLING_URL", ""),
-        }
+        """Settings from `ANALYTICS_<FIELD>` variables (and `DATABASE_URL`, `BILLING_URL`),
+        then `overrides`."""
+        values: dict[str, object] = {}
         for f in fields(cls):
-            raw = os.environ.get(f"ANALYTICS_{f.name.upper()}")
-            if raw is None or f.name in values:
+            raw = os.environ.get(env_name(f.name))
+            if raw is None:
                 continue
             default = getattr(cls, f.name, None)
             if isinstance(default, bool):
@@ -121,6 +168,8 @@ class Settings:
                 values[f.name] = float(raw)
             elif isinstance(default, tuple):
                 values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+            elif isinstance(default, Path):
+                values[f.name] = Path(raw)
             else:
                 values[f.name] = raw
         values.update(overrides)
@@ -129,6 +178,15 @@ class Settings:
     def flag_defaults(self) -> dict[str, bool]:
         """Every feature flag's default, by flag name (the `flag_<name>` fields)."""
         return {name: getattr(self, f"flag_{name}") for name in FLAG_NAMES}
+
+
+def sources(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where `Settings.from_env()` takes each setting from, by field name: the environment
+    variable's name when it is set in `environ` (default `os.environ`), else `"default"`."""
+    env = os.environ if environ is None else environ
+    return {
+        f.name: env_name(f.name) if env_name(f.name) in env else "default" for f in fields(Settings)
+    }
 
 
 #: The feature flags, one `flag_<name>` setting each (its default).

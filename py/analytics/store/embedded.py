@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -63,6 +63,59 @@ def stop_embedded(data_dir: Path) -> bool:
     user = pwd.getpwuid(pgdata.stat().st_uid).pw_name if os.geteuid() == 0 else None
     _pgserver().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
     return True
+
+
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    """The embedded server under a data dir, as found on disk: never started to find out."""
+
+    pgdata: Path
+    #: Whether initdb has run there (a `PG_VERSION` file).
+    initialized: bool
+    #: Whether a postmaster is running on it (its `postmaster.pid` names a live process).
+    running: bool
+    #: The DSN `start_embedded` returns, when running.
+    dsn: str | None
+    #: The postmaster's process id, when running.
+    pid: int | None
+    #: Bytes of every file under `pgdata` (data, WAL, logs).
+    size_bytes: int
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:  # a file PostgreSQL removed while we walked
+                continue
+    return total
+
+
+def embedded_status(data_dir: Path) -> EmbeddedStatus:
+    """What is under `data_dir/pg`: initialized or not, running or not, its DSN and size.
+    Reads files only (and whether the postmaster's process exists). Blocking."""
+    pgdata = _pgdata(data_dir)
+    initialized = (pgdata / "PG_VERSION").exists()
+    info = None
+    if (pgdata / "postmaster.pid").exists():
+        _pgserver()  # its import sets up what its utilities need
+        from pgserver.utils import PostmasterInfo
+
+        try:
+            info = PostmasterInfo.read_from_pgdata(pgdata)
+        except (AssertionError, ValueError, OSError):  # a half-written pid file: starting
+            info = None
+    running = info is not None and info.is_running()
+    return EmbeddedStatus(
+        pgdata=pgdata,
+        initialized=initialized,
+        running=running,
+        dsn=info.get_uri() if running and info is not None else None,
+        pid=info.pid if running and info is not None else None,
+        size_bytes=_tree_size(pgdata) if pgdata.exists() else 0,
+    )
 
 
 def resolve_database(settings: Settings) -> Settings:
