@@ -17,6 +17,7 @@ from analytics.commands.access import add_access_commands
 from analytics.commands.configuration import add_configuration_commands
 from analytics.commands.database import add_database_commands
 from analytics.commands.feature_flags import add_flag_commands
+from analytics.commands.governance import add_governance_commands
 from analytics.commands.runner import Subparsers
 
 
@@ -39,6 +40,7 @@ REGISTRARS: tuple[Callable[[Subparsers], None], ...] = (
     add_serve,
     add_database_commands,
     add_access_commands,
+    add_governance_commands,
     add_flag_commands,
     add_configuration_commands,
     add_billing_stub,
