@@ -1,0 +1,138 @@
+"""Retention of raw events: whole monthly partitions dropped, their minute rollups deleted.
+
+Old events go a partition at a time (DETACH, then DROP: no row-by-row delete, no bloat), and
+only partitions lying entirely before the cutoff. Detaching takes an ACCESS EXCLUSIVE lock on
+`events` for a moment, so it runs with a short lock timeout, as partition creation does
+(store/partitions.py, whose advisory lock it shares): on a busy table it gives up until the
+next attempt rather than queue ingest behind it.
+
+The rollups of a dropped partition's range (its buckets from its start to its end, so those of
+events kept in the default partition stay) are deleted in bounded batches, each its own short
+transaction, walking the primary key once (keyset pagination: each batch starts after the
+last key of the one before, so the whole table is read once, not once per batch). The
+maintenance job deletes them before dropping the partition: if it stops in between, the
+partition is still there and the next run does both again.
+
+The default partition (events outside the monthly partitions) is never touched: retention
+never deletes rows from `events`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio.lowlevel
+import asyncpg
+
+from analytics.store.notify import INVALIDATE
+from analytics.store.partitions import LOCK_KEY
+
+log = logging.getLogger(__name__)
+
+# The monthly partitions and their ranges, read from the catalog (not from their names).
+_PARTITIONS_SQL = r"""
+SELECT c.relname AS name, b.bounds[1]::timestamptz AS start_ts, b.bounds[2]::timestamptz AS end_ts
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+CROSS JOIN LATERAL (
+    SELECT regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                        'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)') AS bounds
+) AS b
+WHERE i.inhparent = 'events'::regclass AND b.bounds IS NOT NULL
+ORDER BY 3
+"""
+
+# The smallest possible primary key: where the walk starts.
+_FIRST_KEY = (-(2**63), "", "", "", datetime.min.replace(tzinfo=UTC))
+
+_DELETE_ROLLUPS_SQL = f"""
+WITH batch AS (
+    SELECT customer_id, name, dim, dim_value, bucket FROM rollup_minute
+    WHERE (customer_id, name, dim, dim_value, bucket) > ($1, $2, $3, $4, $5)
+      AND bucket >= $6 AND bucket < $7
+    ORDER BY customer_id, name, dim, dim_value, bucket
+    LIMIT $8
+), gone AS (
+    DELETE FROM rollup_minute r USING batch b
+    WHERE (r.customer_id, r.name, r.dim, r.dim_value, r.bucket)
+        = (b.customer_id, b.name, b.dim, b.dim_value, b.bucket)
+    RETURNING r.customer_id, r.name
+), notified AS (
+    -- The query caches drop what they hold of these events in the range.
+    SELECT pg_notify('{INVALIDATE}', json_build_array(
+               customer_id, name,
+               (extract(epoch FROM $6::timestamptz) * 1e6)::bigint,
+               (extract(epoch FROM $7::timestamptz) * 1e6)::bigint)::text)
+    FROM (SELECT DISTINCT customer_id, name FROM gone) AS n
+), last AS (
+    SELECT * FROM batch ORDER BY customer_id DESC, name DESC, dim DESC, dim_value DESC,
+                                 bucket DESC LIMIT 1
+)
+SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM notified) AS notified,
+       l.customer_id, l.name, l.dim, l.dim_value, l.bucket
+FROM (SELECT 1) AS one LEFT JOIN last l ON true
+"""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A monthly partition of `events`, holding `start <= ts < end`."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+
+async def monthly_partitions(conn: asyncpg.Connection) -> list[Partition]:
+    """Every range partition of `events` (the default partition aside), oldest first."""
+    rows = await conn.fetch(_PARTITIONS_SQL)
+    return [Partition(r["name"], r["start_ts"], r["end_ts"]) for r in rows]
+
+
+async def expired_partitions(conn: asyncpg.Connection, cutoff: datetime) -> list[Partition]:
+    """The partitions lying entirely before `cutoff` (their end at or before it)."""
+    return [p for p in await monthly_partitions(conn) if p.end <= cutoff]
+
+
+async def delete_rollups(
+    pool: asyncpg.Pool | asyncpg.Connection, start: datetime, end: datetime, batch: int = 10_000
+) -> int:
+    """Delete the minute rollups of buckets in `[start, end)`, `batch` rows per transaction;
+    returns how many. Each batch notifies the query caches of the events it touched."""
+    deleted = 0
+    key: tuple[object, ...] = _FIRST_KEY
+    while True:
+        row = await pool.fetchrow(_DELETE_ROLLUPS_SQL, *key, start, end, batch)
+        deleted += row["deleted"]
+        if row["customer_id"] is None:
+            return deleted
+        key = (row["customer_id"], row["name"], row["dim"], row["dim_value"], row["bucket"])
+        await anyio.lowlevel.checkpoint()  # let other work in between batches
+
+
+async def drop_partition(
+    conn: asyncpg.Connection, partition: Partition, lock_timeout_s: float = 2.0
+) -> bool:
+    """Detach and drop `partition`, in one transaction with a lock timeout; False when it is
+    no longer attached or the lock was not granted in time (logged: retry later)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            attached = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_inherits"
+                " WHERE inhparent = 'events'::regclass AND inhrelid = to_regclass($1))",
+                partition.name,
+            )
+            if not attached:
+                return False
+            await conn.execute(f'ALTER TABLE events DETACH PARTITION "{partition.name}"')
+            await conn.execute(f'DROP TABLE "{partition.name}"')
+    except asyncpg.LockNotAvailableError:
+        log.warning(
+            "partition %s not dropped: lock not granted in time, retry later", partition.name
+        )
+        return False
+    return True
