@@ -9,9 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx2 as httpx
 
@@ -99,3 +100,105 @@ def running_stub(port: int, *args: str) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The pids of `server`'s Hypercorn workers: its children started by multiprocessing's
+    spawn (not the billing stub, nor multiprocessing's resource tracker). Linux /proc."""
+    pids = []
+    for children in Path(f"/proc/{server.proc.pid}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue  # exited meanwhile
+            if b"spawn_main" in cmdline:
+                pids.append(int(pid))
+    return sorted(pids)
+
+
+def wait_for_workers(
+    server: Server, n: int, *, without: Iterable[int] = (), timeout_s: float = 20
+) -> list[int]:
+    """`server`'s worker pids once there are `n` of them, none of them in `without`."""
+    excluded = set(without)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = worker_pids(server)
+        if len(pids) == n and not excluded & set(pids):
+            return pids
+        if server.proc.poll() is not None:
+            raise AssertionError(f"the server exited ({server.proc.returncode})")
+        time.sleep(0.02)
+    raise TimeoutError(f"not {n} workers (without {sorted(excluded)}): {worker_pids(server)}")
+
+
+def connection_owner(server: Server, client: socket.socket) -> int | None:
+    """The worker pid holding the server's end of `client`'s TCP connection (IPv4, Linux
+    /proc), or None while no worker has accepted it."""
+    server_port = int(server.base.rsplit(":", 1)[1])
+    client_port = client.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and (
+            int(remote.split(":")[1], 16) == client_port
+        ):
+            inode = fields[9]
+    if inode is None:
+        return None
+    for pid in worker_pids(server):
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        if f"socket:[{inode}]" in links:
+            return pid
+    return None
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]  # names lowercased
+    body: bytes
+
+
+def read_responses(
+    sock: socket.socket, *, count: int | None = None, timeout_s: float = 5
+) -> tuple[list[RawResponse], bool]:
+    """The responses read from `sock` (Content-Length framed, as all of ours are), and
+    whether the server closed the connection; reads until it does, until `count` responses
+    arrived, or for `timeout_s`."""
+    buffer, responses, closed = b"", [], False
+    deadline = time.monotonic() + timeout_s
+    while count is None or len(responses) < count:
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end >= 0:
+            lines = buffer[:head_end].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            end = head_end + 4 + int(headers.get("content-length", "0"))
+            if len(buffer) >= end:
+                status = int(lines[0].split()[1])
+                responses.append(RawResponse(status, headers, buffer[head_end + 4 : end]))
+                buffer = buffer[end:]
+                continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            closed = True
+            break
+        buffer += data
+    return responses, closed

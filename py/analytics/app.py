@@ -22,6 +22,7 @@ from analytics.api import ingest, ops, query
 from analytics.api.errors import EXCEPTION_HANDLERS
 from analytics.api.middleware import Deadline
 from analytics.api.observe import Observe
+from analytics.api.protocol import ProtocolGuard
 from analytics.pipeline.flag_sync import follow_flags
 from analytics.pipeline.gauges import sample_gauges
 from analytics.pipeline.maintenance import run_maintenance
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[
+            Middleware(ProtocolGuard),
             Middleware(Observe, context=context),
             Middleware(Deadline, timeout_s=settings.request_timeout_s),
         ],

@@ -1,11 +1,14 @@
-"""`analytics serve`: database ready, migrations applied, then Hypercorn.
+"""`analytics serve`: database ready, migrations applied, then Hypercorn's workers.
 
 Runs before any event loop exists, so the blocking steps (starting the embedded PostgreSQL)
-are plain sync calls here. Workers are separate processes that read the same environment.
+are plain sync calls here. Workers are separate processes that read the same environment;
+this process binds the sockets once and supervises them (`analytics.workers`): a worker that
+dies is replaced, and `serve` returns non-zero only when it had to give up.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 from dataclasses import replace
@@ -13,13 +16,20 @@ from datetime import UTC, datetime
 
 import anyio
 from hypercorn.config import Config
-from hypercorn.run import run
 
+from analytics.api import protocol
 from analytics.billing import stub as billing_stub
+from analytics.runtime import metrics
+from analytics.runtime.logs import configure_logging
 from analytics.settings import Settings
 from analytics.store.bootstrap import first_start
 from analytics.store.embedded import resolve_database
 from analytics.store.pool import connect
+from analytics.workers import Supervisor, hypercorn_spawner
+
+#: On SIGTERM a worker gets Hypercorn's graceful timeout for in-flight requests, then its
+#: lifespan commits what the writer accepted and closes the pool; this covers the latter.
+DRAIN_MARGIN_S = 5.0
 
 
 async def _prepare(settings: Settings) -> list[str]:
@@ -48,7 +58,9 @@ def hypercorn_config(settings: Settings, worker_class: str) -> Config:
     # connection forever; bound it, and keep-alive and header sizes too.
     config.read_timeout = 30
     config.keep_alive_timeout = 5
-    config.h11_max_incomplete_size = 16 * 1024
+    # h11 applies this only to a head arriving in pieces; `protocol.ProtocolGuard` caps a
+    # head that arrives whole at the same size.
+    config.h11_max_incomplete_size = protocol.MAX_HEAD_BYTES
     config.graceful_timeout = settings.graceful_timeout_s
     config.accesslog = None
     config.errorlog = "-"
@@ -56,6 +68,9 @@ def hypercorn_config(settings: Settings, worker_class: str) -> Config:
 
 
 def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
+    """Serve until SIGTERM/SIGINT (0 once the workers drained) or until workers keep dying
+    (non-zero, see `analytics.workers`)."""
+    configure_logging()
     settings = resolve_database(settings)
     for line in anyio.run(_prepare, settings):
         print(line, flush=True)
@@ -74,13 +89,35 @@ def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int
     os.environ["BILLING_URL"] = settings.billing_url
     for name in ("host", "port", "workers"):
         os.environ[f"ANALYTICS_{name.upper()}"] = str(getattr(settings, name))
+    config = hypercorn_config(settings, worker_class)
+    sockets = config.create_sockets()
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        # Listening from here on, not from a worker's start: connections that arrive before
+        # the first worker is up, or while a dead one's replacement boots, wait in the backlog.
+        sock.listen(config.backlog)
     print(f"analytics serving on http://{settings.host}:{settings.port}", flush=True)
     try:
-        run(hypercorn_config(settings, worker_class))
+        # Each worker speaks HTTP/1.1 only (`protocol.http11_only`, set up before it loads
+        # the app); its Prometheus live gauges go when it does.
+        supervisor = Supervisor(
+            hypercorn_spawner(config, sockets, setup=protocol.http11_only),
+            settings.workers,
+            drain_timeout_s=settings.graceful_timeout_s + DRAIN_MARGIN_S,
+            on_exit=metrics.worker_exited,
+        )
+        return supervisor.run()
     finally:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
         if stub is not None:
             stub.stop()
-    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def add_serve_command(subparsers) -> None:
@@ -88,7 +125,7 @@ def add_serve_command(subparsers) -> None:
     p = subparsers.add_parser("serve", help="run the API under Hypercorn")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--workers", type=int, help="worker processes (default 1)")
+    p.add_argument("--workers", type=_positive, help="worker processes (default 1)")
     p.add_argument(
         "--stub-latency-ms", type=int, default=20, help="latency of the billing stub (default 20)"
     )
