@@ -3,15 +3,15 @@
 Loop-agnostic (no event loop, no thread of its own): `StallTracker` is driven from outside,
 by a heartbeat calling `beat()` and a watchdog thread calling `poll()` (see
 `analytics.runtime.watchdog.LoopWatchdog`), and it reads time only through the `clock` it is
-given, so its rules are tested with a fake clock instead of real sleeps.
+given, so its rules are tested with a fake clock instead of real sleeps. Reading the stack
+(whose frames are ours, which the loop's, the culprit) is in `frames`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
+import sys
 import time
 import traceback
 from collections import deque
@@ -21,12 +21,40 @@ from traceback import FrameSummary
 from types import FrameType
 from typing import Any
 
+from analytics.runtime.frames import (
+    PACKAGE_DIR,
+    culprit,
+    is_own,
+    running_callback,
+    stack_fields,
+    stack_signature,
+    task_frames,
+    where,
+)
 from analytics.runtime.histogram import Histogram
+
+__all__ = [
+    "PACKAGE_DIR",
+    "SEEN_AFTER",
+    "SEEN_BLOCKED",
+    "SEEN_IN_C",
+    "Stall",
+    "StallGroup",
+    "StallTracker",
+    "culprit",
+    "is_own",
+    "stack_fields",
+    "stack_signature",
+]
 
 log = logging.getLogger(__name__)
 
-#: Frames whose file lives under this directory are ours, and are marked in stall reports.
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: How the watchdog thread saw a stall (`Stall.seen`). `blocked`: it caught the loop thread
+#: in the blocking code, whose line `where` names. `in C code`: twice in a row it found no
+#: Python frame of a task on the loop thread, which was still blocked (C code with no Python
+#: caller, or a wait in the selector or for the GIL). `after it ended`: it could look only
+#: once the blocking part was over (or not at all), so no line is known.
+SEEN_BLOCKED, SEEN_IN_C, SEEN_AFTER = "blocked", "in C code", "after it ended"
 
 #: Seconds from an arbitrary origin, never going back; read from more than one thread.
 Clock = Callable[[], float]
@@ -45,9 +73,11 @@ class Stall:
     A `detected_at - started_at` much larger than the threshold means the watchdog thread
     could not run either (C code holding the GIL): the stack then shows where the loop was
     after the blocking call, and the faulthandler file holds the truth. An empty `stack` means
-    the thread never saw the stall, only the heartbeat when it ended. `context` is what the
-    `context` callable said about the blocked request. `logged` tells whether the rate limit
-    let this stall's log records through.
+    the thread never saw the stall, only the heartbeat when it ended. `seen` says which of
+    these it was (`SEEN_*`), `where` what the reports say of it: the culprit line when the
+    thread caught one, else what it found, in words. `context` is what the `context`
+    callable said about the blocked request. `logged` tells whether the rate limit let this
+    stall's log records through.
     """
 
     started_at: float
@@ -58,6 +88,10 @@ class Stall:
     logged: bool = False
     final_duration: float | None = None
     clock: Clock = field(default=time.monotonic, repr=False)  # the tracker's
+    seen: str = ""  # set once the tracker knows (`SEEN_*`); empty while it looks again
+    where: str = ""
+    #: Under asyncio, the C function the loop was running as a callback, if it was one.
+    callback: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -82,41 +116,6 @@ class StallGroup:
     suppressed: int = 0
 
 
-def is_own(filename: str) -> bool:
-    """Whether a frame's file belongs to the analytics package."""
-    return filename.startswith(PACKAGE_DIR)
-
-
-def stack_signature(stack: list[FrameSummary]) -> str:
-    """A short stable id of a stack: equal for stalls at the same lines through the same calls."""
-    text = "\n".join(f"{f.filename}:{f.lineno}:{f.name}" for f in stack)
-    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
-
-
-def stack_fields(stack: list[FrameSummary]) -> list[dict[str, Any]]:
-    """The stack as JSON-ready dicts, innermost last, with our own frames marked `ours`.
-    Reads source lines through `linecache` (file I/O: call it off the loop)."""
-    return [
-        {
-            "file": f.filename,
-            "line": f.lineno,
-            "func": f.name,
-            "code": f.line,
-            "ours": is_own(f.filename),
-        }
-        for f in stack
-    ]
-
-
-def culprit(stack: list[FrameSummary]) -> str:
-    """The innermost frame of ours (else the innermost frame) as `file:line in func`."""
-    frames = [f for f in stack if is_own(f.filename)] or stack
-    if not frames:
-        return "<stack not captured>"
-    f = frames[-1]
-    return f"{f.filename}:{f.lineno} in {f.name}"
-
-
 OnStall = Callable[[Stall], None]
 OnLag = Callable[[float], None]
 ContextFn = Callable[[FrameType], dict[str, Any]]
@@ -135,9 +134,21 @@ class StallTracker:
     Logs: a `loop_stall` warning when a stall is detected (`phase="started"`, the duration so
     far) and another when it ends (`phase="ended"`, the full duration), with `extra` fields
     `event, phase, duration_s, detected_after_s, threshold_s, signature, count, suppressed,
-    culprit, stack, context`. Per signature at most one stall is logged each `log_every`
-    seconds; `suppressed` counts those skipped since the last one logged. `stalls` keeps the
-    latest `keep` stalls; `stalls_total` counts all.
+    culprit, seen, stack, context`. Per signature at most one stall is logged each
+    `log_every` seconds; `suppressed` counts those skipped since the last one logged.
+    `stalls` keeps the latest `keep` stalls; `stalls_total` counts all.
+
+    What the culprit says. When the stack holds a task's frame, its line (`frames.culprit`).
+    When it holds none, the loop thread was in C code or between callbacks: the thread
+    looks once more at its next poll before reporting, and if the loop is still blocked
+    there with no task frame, the report says it is in C code (naming the callback under
+    asyncio); if the stall ended meanwhile, the thread only saw the loop after it. A stall
+    seen only after it ended (or never: the late tick is all there is) has no known line and
+    says so; when it lasted no longer than `reaction_s` (default threshold + interval + the
+    interpreter's GIL switch interval: how late the thread may look at a loop running Python
+    code) that is expected, and it is logged at DEBUG, not WARNING; it is counted all the
+    same. Longer, the thread could not run while it lasted: C code held the GIL, or the host
+    gave it no CPU.
 
     Hooks. `on_stall(stall)` is called for every stall (logged or not) at both phases, in the
     watchdog thread: keep it quick and thread-safe. `on_lag(seconds)` is called with every
@@ -162,10 +173,14 @@ class StallTracker:
         keep: int = 1000,
         logger: logging.Logger = log,
         clock: Clock = time.monotonic,
+        reaction_s: float | None = None,
     ) -> None:
         if threshold <= 0 or interval <= 0:
             raise ValueError("threshold and interval must be positive")
         self.threshold, self.interval = threshold, interval
+        if reaction_s is None:
+            reaction_s = threshold + interval + sys.getswitchinterval()
+        self.reaction_s = reaction_s
         self.on_stall, self.on_lag, self.context = on_stall, on_lag, context
         self.log_every, self.keep, self.logger, self.clock = log_every, keep, logger, clock
         self.lag = Histogram()  # every tick: actual interval minus expected (never negative)
@@ -226,14 +241,21 @@ class StallTracker:
                 reports.append((self._finish(self._open(prev, at, [], {}), lag), "ended"))
         now, beat = self.clock(), self._beat
         deadline = beat + self.interval + self.threshold
-        if self.current is None:
+        current = self.current
+        if current is None:
             if frame_of_loop is not None and now > deadline:
-                self.current = self._open(beat, now, *self._capture(frame_of_loop()))
-                reports.append((self.current, "started"))
+                frame = frame_of_loop()
+                stall = self.current = self._open(beat, now, *self._capture(frame))
+                if stall.stack and not task_frames(stall.stack):
+                    stall.callback = running_callback(frame)  # no report until a second look
+                else:
+                    reports.append((self._settle(stall, SEEN_BLOCKED), "started"))
         elif beat != self._current_beat and not self._late:
             # The loop beat again but queued no tick for this stall: it checked `current` just
             # before this thread set it. That tick (whose stamp is `beat`) ended the stall.
-            reports.append((self._finish(self.current, beat - self.current.started_at), "ended"))
+            reports.append((self._finish(current, beat - current.started_at), "ended"))
+        elif not current.seen:  # the second look, and the loop is still blocked
+            reports.append((self._look_again(current, frame_of_loop), "started"))
         for stall, phase in reports:
             self._report(stall, phase)
         return self.interval if self.current is not None else max(deadline - now, 0.0)
@@ -253,10 +275,6 @@ class StallTracker:
     def _open(self, beat: float, now: float, stack: list[FrameSummary], ctx: dict) -> Stall:
         signature = stack_signature(stack)
         stall = Stall(beat + self.interval, now, stack, ctx, signature, clock=self.clock)
-        group = self.groups.get(signature)
-        if group is None:
-            group = self.groups[signature] = StallGroup(signature, stack)
-        group.count += 1
         self.stalls_total += 1
         self.stalls.append(stall)
         if len(self.stalls) > self.keep:
@@ -264,10 +282,55 @@ class StallTracker:
         self._current_beat = beat
         return stall
 
+    def _look_again(
+        self, stall: Stall, frame_of_loop: Callable[[], FrameType | None] | None
+    ) -> Stall:
+        """The loop thread showed no task frame at detection and is still blocked: a task's
+        frame now names the line; none again means C code (or a wait for the GIL)."""
+        frame = frame_of_loop() if frame_of_loop is not None else None
+        stack, ctx = self._capture(frame)
+        if task_frames(stack):
+            stall.stack, stall.context, stall.signature = stack, ctx, stack_signature(stack)
+            return self._settle(stall, SEEN_BLOCKED)
+        stall.callback = stall.callback or running_callback(frame)
+        return self._settle(stall, SEEN_IN_C)
+
+    def _settle(self, stall: Stall, seen: str) -> Stall:
+        """Say how the stall was seen and what its reports call it; count it in its group."""
+        stall.seen = seen
+        if seen == SEEN_BLOCKED:
+            stall.where = culprit(stall.stack)
+        elif seen == SEEN_IN_C:
+            what = (
+                f"the C function {stall.callback} run as a callback"
+                if stall.callback
+                else "uvloop's own loop or a C function it called, the selector, or a GIL wait"
+            )
+            innermost = where(stall.stack[-1])
+            stall.where = f"<in C code, no Python frame of a task: {what}; at {innermost}>"
+        else:
+            short = stall.duration <= self.reaction_s
+            why = (
+                f"it lasted {stall.duration:.3f}s, within the watchdog's reaction time"
+                f" ({self.reaction_s:.3f}s)"
+                if short
+                else "the watchdog thread got no GIL or no CPU meanwhile (C code holding the GIL,"
+                " or an overloaded host)"
+            )
+            seen_at = f"; the loop was back at {where(stall.stack[-1])}" if stall.stack else ""
+            stall.where = f"<seen only after it ended, no line known: {why}{seen_at}>"
+        group = self.groups.get(stall.signature)
+        if group is None:
+            group = self.groups[stall.signature] = StallGroup(stall.signature, stall.stack)
+        group.count += 1
+        return stall
+
     def _finish(self, stall: Stall, duration: float) -> Stall:
         self.current = None
         self._ended_beat = self._current_beat
         stall.final_duration = duration
+        if not stall.seen:
+            self._settle(stall, SEEN_AFTER)
         self.stall_durations.observe(duration)
         group = self.groups[stall.signature]
         group.total_s += duration
@@ -276,20 +339,21 @@ class StallTracker:
 
     def _report(self, stall: Stall, phase: str) -> None:
         group = self.groups[stall.signature]
-        if phase == "started" or not stall.stack:  # a stall's first report decides its logging
+        if phase == "started" or stall.seen == SEEN_AFTER:  # its first report decides logging
             now = self.clock()
             if now - group.logged_at >= self.log_every:
                 stall.logged, group.logged_at = True, now
             else:
                 group.suppressed += 1
         if stall.logged:
-            where = culprit(stall.stack)
             duration = stall.duration
-            self.logger.warning(
+            expected = stall.seen == SEEN_AFTER and duration <= self.reaction_s
+            self.logger.log(
+                logging.DEBUG if expected else logging.WARNING,
                 "loop_stall %s %.3fs at %s",
                 phase,
                 duration,
-                where,
+                stall.where,
                 extra={
                     "event": "loop_stall",
                     "phase": phase,
@@ -299,7 +363,8 @@ class StallTracker:
                     "signature": stall.signature,
                     "count": group.count,
                     "suppressed": group.suppressed,
-                    "culprit": where,
+                    "culprit": stall.where,
+                    "seen": stall.seen,
                     "stack": stack_fields(stall.stack),
                     "context": stall.context,
                 },

@@ -10,6 +10,14 @@ heartbeat gets its turn every loop iteration).
 The thread costs a healthy loop nothing: on Linux it sleeps on a timerfd that each heartbeat
 pushes back, so it wakes (and takes the GIL) only when a deadline is missed.
 
+The thread can look at the loop only once it holds the GIL, so what it sees is not always
+the blocking line: a stall just over the threshold may be over by the time it is woken and
+handed the GIL (the interpreter hands it over after its switch interval, 5 ms), C code
+holding the GIL keeps it out until the end, and C code with no Python caller (uvloop's own
+loop, a C function run as a callback, the selector's wait) leaves only the runner's frame on
+the loop thread. The reports say which it was (`Stall.seen`, `stalls.StallTracker`) instead
+of naming the runner's line or "<stack not captured>".
+
 When C code holds the GIL, no Python thread can run, the watchdog's included. For that case
 faulthandler's C-level timer stays armed, pushed back by the heartbeat (and by the watchdog
 thread during a stall); when neither can run for long enough, faulthandler (which needs no
