@@ -42,11 +42,19 @@ def test_backoff_doubles_from_half_a_second_to_ten():
     assert delays == [0.5, 1, 2, 4, 8, 10, 10, 10]
 
 
-def test_a_worker_that_lived_30_s_was_healthy_its_replacement_starts_soon():
+def test_a_worker_that_had_served_is_replaced_soon_and_is_no_crash_loop():
     restarts = Restarts(RestartPolicy(crash_limit=100))
     assert [restarts.crashed(0, now=t, lived_s=2.0) for t in range(3)] == [0.5, 1, 2]
-    assert restarts.crashed(0, now=40, lived_s=30.0) == 0.5
+    assert restarts.in_window == 3
+    assert restarts.crashed(0, now=40, lived_s=3.0) == 0.5
+    assert restarts.in_window == 3  # not a crash: it had booted and served
     assert restarts.crashed(0, now=41, lived_s=1.0) == 1
+
+
+def test_workers_killed_every_few_seconds_are_replaced_every_time():
+    """An OOM killer or an operator's kill every 5-10 s is no reason to give up."""
+    restarts = Restarts()
+    assert all(restarts.crashed(0, now=5.0 * i, lived_s=4.5) == 0.5 for i in range(50))
 
 
 def test_backoff_is_per_slot():

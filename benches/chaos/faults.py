@@ -82,14 +82,20 @@ class Run:
         return False
 
 
-def crash_budget() -> tuple[int, float] | None:
+def crash_budget(gap_s: float) -> tuple[int, float] | None:
     """(kills, seconds): the most worker deaths the supervisor takes within its window
-    without giving up on the service, by its own policy; None without a supervisor."""
+    without giving up on the service, by its own policy, when kills come at least `gap_s`
+    apart; None without a supervisor, or when every killed worker will have lived long
+    enough to count as healthy (its death is then no crash at all)."""
     try:
         from analytics.workers import RestartPolicy
     except ImportError:
         return None
     policy = RestartPolicy()
+    # A replacement takes about a second to boot and answer: a kill `gap_s` after the last
+    # one hits a worker that has lived about `gap_s - 1` s.
+    if gap_s - 1.5 >= policy.healthy_after_s:
+        return None
     return policy.crash_limit - 1, policy.window_s
 
 
@@ -100,7 +106,7 @@ def kill_workers(run: Run) -> None:
     crash budget: more deaths per window are a crash loop, which it answers by giving up
     on purpose."""
     gap = (1.5, 2.5) if run.quick else (5.0, 10.0)
-    budget = crash_budget()
+    budget = crash_budget(gap[0])
     kills: list[float] = []
     at = run.at(1 / 3) if run.quick else run.started + run.rng.uniform(*gap)
     while at < run.ends - 0.5 or not kills:

@@ -13,7 +13,8 @@ The contract of `Supervisor.run`:
   (`serve` sets no `max_requests`, so a worker has no reason to leave): it is logged (pid,
   exit code or signal, how long it lived), its Prometheus live gauges are dropped
   (`on_exit`), and a replacement starts after the delay `Restarts` gives.
-- At the `RestartPolicy.crash_limit`-th crash within `window_s` it gives up: one error line,
+- At the `RestartPolicy.crash_limit`-th crash (a worker dead before it had served for
+  `healthy_after_s`) within `window_s` it gives up: one error line,
   the other workers are stopped as on SIGTERM, and `run` returns 1.
 - SIGTERM or SIGINT: the workers are told to stop (they finish in-flight requests within
   Hypercorn's graceful timeout, then the app's lifespan commits what it accepted) and get
@@ -49,10 +50,12 @@ class RestartPolicy:
     first_delay_s: float = 0.5
     #: ...up to this.
     max_delay_s: float = 10.0
-    #: A worker that lived this long before dying was healthy: its replacement starts after
-    #: `first_delay_s` again.
-    healthy_after_s: float = 30.0
-    #: This many crashes within `window_s` and the supervisor gives up.
+    #: A worker that lived this long had booted and served (a boot takes about a second):
+    #: its death is not a crash loop, so its replacement starts after `first_delay_s` and it
+    #: does not count towards the crash budget. A worker OOM-killed or SIGKILLed every few
+    #: seconds is replaced every time; one that cannot even boot makes the service give up.
+    healthy_after_s: float = 3.0
+    #: This many crashes (deaths before `healthy_after_s`) within `window_s`: give up.
     crash_limit: int = 5
     window_s: float = 60.0
 
@@ -76,10 +79,13 @@ class Restarts:
         policy = self.policy
         while self._crashes and self._crashes[0] <= now - policy.window_s:
             self._crashes.popleft()
+        if lived_s >= policy.healthy_after_s:
+            self._streaks[slot] = 1
+            return policy.first_delay_s
         self._crashes.append(now)
         if len(self._crashes) >= policy.crash_limit:
             return None
-        streak = 0 if lived_s >= policy.healthy_after_s else self._streaks.get(slot, 0)
+        streak = self._streaks.get(slot, 0)
         self._streaks[slot] = streak + 1
         return min(policy.max_delay_s, policy.first_delay_s * 2**streak)
 
