@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -61,8 +63,14 @@ class Server:
 @contextmanager
 def running_server(dsn: str, *args: str, **env: str) -> Iterator[Server]:
     """`analytics serve` on a free port against `dsn` (a fresh, unmigrated database gets the
-    demo keys printed at start-up, which the Server carries)."""
+    demo keys printed at start-up, which the Server carries). Its data dir (Prometheus'
+    multiprocess files) is a temporary one unless `ANALYTICS_DATA_DIR` is given, so servers
+    of other tests (or other suites on the machine) never share it."""
     port = free_port()
+    data_dir = None
+    if "ANALYTICS_DATA_DIR" not in env:
+        data_dir = tempfile.mkdtemp(prefix="serve-")
+        env = {**env, "ANALYTICS_DATA_DIR": data_dir}
     proc = subprocess.Popen(
         [*SERVE, "--port", str(port), *args],
         env={**os.environ, "DATABASE_URL": dsn, **env},
@@ -84,6 +92,8 @@ def running_server(dsn: str, *args: str, **env: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
         # Shown by pytest only when the test failed.
         print("".join(server.output))
 

@@ -37,6 +37,7 @@ LOOP_AGNOSTIC = (
     "runtime/stalls.py",
     "runtime/ttlcache.py",
     "store/dimensions.py",
+    "workers.py",
 )
 LOOPS = ("anyio", "asyncio", "trio", "uvloop", "sniffio")
 
