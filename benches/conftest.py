@@ -44,25 +44,53 @@ def batch_body(n: int, seed: int = 7) -> bytes:
     return json.dumps({"events": [make_event(i, rng) for i in range(n)]}).encode()
 
 
+def _time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e3), ("us", 1e6)):
+        if seconds * scale >= 1.0:
+            return f"{seconds * scale:,.1f} {unit}"
+    return f"{seconds * 1e9:,.0f} ns"
+
+
 def pytest_terminal_summary(terminalreporter, config):
-    """Events/s per benchmark (from the median) and the ratios the issue asks for."""
+    """One table for every benchmark, with one throughput figure: events/s, the events one
+    call handles (`extra_info["events"]`) over the median time of a call. The median, not
+    the mean: on a shared machine a few slow rounds (GC, another process) move the mean, not
+    the median. pytest-benchmark's own table (`just bench` runs it with --benchmark-quiet)
+    would add OPS, 1 / mean per call, a second and different figure. Then the ratios."""
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
     rate = {}
-    for bench in session.benchmarks:
-        events = bench.extra_info.get("events")
-        if events and bench.stats:
-            rate[bench.name] = events / bench.stats.median
     write = terminalreporter.write_line
-    terminalreporter.section("events/s (median)")
-    for name, value in sorted(rate.items()):
-        write(f"{name:55s} {value:>14,.0f}")
+    terminalreporter.section("benchmarks: median time per call; events/s = events / median")
+    rows = [("benchmark", "median", "min", "rounds", "events/call", "events/s")]
+    for bench in sorted(session.benchmarks, key=lambda b: b.fullname):
+        if not bench.stats:
+            continue
+        stats, events = bench.stats, bench.extra_info.get("events")
+        if events:
+            rate[bench.name] = events / stats.median
+        rows.append(
+            (
+                bench.name,
+                _time(stats.median),
+                _time(stats.min),
+                f"{stats.rounds}",
+                f"{events:,}" if events else "-",
+                f"{rate[bench.name]:,.0f}" if events else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        rest = (c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))
+        write("  ".join([row[0].ljust(widths[0]), *rest]))
 
     def ratio(label, a, b):
         if a in rate and b in rate:
             write(f"{label:55s} {rate[a] / rate[b]:>14.2f}x")
 
+    write("")
+    write("ratios of events/s:")
     for size in ("single_event", "batch_1000"):
         ratio(f"{size}: rust / reference", f"test_{size}[rust]", f"test_{size}[reference]")
         ratio(f"{size}: rust / orjson_rules", f"test_{size}[rust]", f"test_{size}[orjson_rules]")

@@ -1,7 +1,10 @@
 """Normalize + encode throughput: Rust vs the pure-Python reference vs orjson + Python rules,
 and how each scales from one thread to two (the Rust call releases the GIL; Python cannot).
 
-Run with `just bench`; the summary at the end prints events/s and the ratios.
+Run with `just bench`. Its one table (benches/conftest.py) gives each benchmark's median time
+per call and one throughput figure, events/s: the events a call handles (`extra_info
+["events"]`, set by each benchmark here) over that median. Then the ratios of those figures:
+Rust over the reference, two threads over one.
 """
 
 import threading
