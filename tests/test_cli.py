@@ -189,6 +189,17 @@ def test_keys_revoke_by_key_id(fresh_dsn: str) -> None:
     assert f"no such active key: {key_id}" in again.stderr
 
 
+def test_keys_revoke_of_a_whole_key_checks_the_customer_named(fresh_dsn: str) -> None:
+    key = create(fresh_dsn, "acme")["key"]
+    create(fresh_dsn, "globex")
+    wrong = cli(fresh_dsn, "keys", "revoke", key, "--customer", "globex")
+    assert wrong.returncode == 1
+    assert "no such active key of customer globex" in wrong.stderr
+    assert lookup(fresh_dsn, key) is not None
+    assert cli(fresh_dsn, "keys", "revoke", key, "--customer", "acme").returncode == 0
+    assert lookup(fresh_dsn, key) is None
+
+
 def test_keys_revoke_asks_which_customer_when_a_key_id_is_shared(fresh_dsn: str) -> None:
     a, b = create(fresh_dsn, "acme"), create(fresh_dsn, "globex")
     shared = a["key"].split("_")[2]

@@ -22,7 +22,7 @@ from analytics.commands.runner import (
     with_connection,
 )
 from analytics.store.bootstrap import create_customer_key
-from analytics.store.customers import delete_customer, list_customers
+from analytics.store.customers import delete_customer, find_customer, list_customers
 from analytics.store.keys import (
     SCOPES,
     AmbiguousKeyId,
@@ -99,6 +99,10 @@ async def _keys_list(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
 async def _keys_revoke(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if not is_key_id(args.key):  # a whole key, as printed by `keys create`
+        if args.customer is not None:
+            owner = await find_customer(conn, args.customer)
+            if owner is None or not args.key.startswith(f"ak_{owner}_"):
+                return fail(f"no such active key of customer {args.customer}")
         if await revoke_key(conn, args.key, now):
             print("key revoked")
             return 0
