@@ -29,6 +29,7 @@ FORBIDDEN = {
 #: Bookkeeping that must run anywhere (tested with fake clocks, usable from threads).
 LOOP_AGNOSTIC = (
     "runtime/deadline_timer.py",
+    "runtime/frames.py",
     "runtime/histogram.py",
     "runtime/lru.py",
     "runtime/querycache.py",

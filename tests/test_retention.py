@@ -3,6 +3,7 @@ once they lie entirely before the cutoff, their rollups deleted in batches first
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -128,11 +129,13 @@ def test_the_partition_upkeep_does_not_recreate_what_retention_drops():
     assert _months_back(now, timedelta(days=10)) == 1  # cutoff Feb 29: February is kept
 
 
-async def test_the_hourly_job_applies_the_retention_setting(pool, monkeypatch):
+async def test_the_hourly_job_applies_the_retention_it_is_given(pool):
     await seed(pool)
-    monkeypatch.setenv("ANALYTICS_RETENTION_DAYS", "400")  # from now (2026+): all of 2024
+    keep = timedelta(days=400)  # from now (2026+): all of 2024
     async with anyio.create_task_group() as tg:
-        tg.start_soon(run_maintenance, pool, timedelta(days=8))
+        tg.start_soon(
+            functools.partial(run_maintenance, pool, timedelta(days=8), events_retention=keep)
+        )
         sql = "SELECT count(*) FROM pg_class WHERE relname LIKE 'events_y2024%'"
         with anyio.fail_after(30):
             while await pool.fetchval(sql):  # noqa: ASYNC110 (the database, polled)

@@ -69,7 +69,12 @@ def lifespan(settings: Settings, context: RequestContext):
                     tg.start_soon(supervised, "billing dispatcher", services.dispatcher.run)
                 gauges = functools.partial(sample_gauges, services)
                 tg.start_soon(supervised, "metrics sampler", gauges)
-                upkeep = functools.partial(run_maintenance, pool, retention)
+                upkeep = functools.partial(
+                    run_maintenance,
+                    pool,
+                    retention,
+                    events_retention=timedelta(days=settings.retention_days),
+                )
                 tg.start_soon(supervised, "maintenance", upkeep)
                 try:
                     yield

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import asyncpg
 
-from analytics.settings import Settings
 from analytics.store import dedup
 from analytics.store.partitions import ensure_partitions
 from analytics.store.retention import delete_rollups, drop_partition, expired_partitions
@@ -67,21 +66,17 @@ def _months_back(now: datetime, keep: timedelta) -> int:
     return 1 if month_start > now - keep else 0
 
 
-def _events_retention_from_env() -> timedelta:
-    return timedelta(days=Settings.from_env().retention_days)
-
-
 async def run_maintenance(
     pool: asyncpg.Pool,
     retention: timedelta,
     every_s: float = 3600.0,
     *,
-    events_retention: timedelta | None = None,
+    events_retention: timedelta = timedelta(0),
 ) -> None:
     """Until cancelled, each hour: partitions for the coming months, the dedup sweep (records
-    older than `retention`), then event retention (`events_retention`; None reads
-    `ANALYTICS_RETENTION_DAYS` through `Settings.from_env`, as the workers' settings are)."""
-    keep = _events_retention_from_env() if events_retention is None else events_retention
+    older than `retention`), then event retention (`events_retention`; zero keeps every
+    event)."""
+    keep = events_retention
     while True:
         now = datetime.now(UTC)
         async with pool.acquire() as conn:
