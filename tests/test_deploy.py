@@ -1,7 +1,7 @@
 """The files under deploy/: Prometheus rules and the Grafana dashboard.
 
 - Every metric the dashboard and the rules query is one the service exports, with labels it
-  has (derived from `analytics.runtime.metrics` and the prometheus-client registry, so a
+  has (derived from `analytics.runtime.prometheus` and the prometheus-client registry, so a
   renamed metric breaks this test rather than a panel in production).
 - `promtool check rules` accepts alerts.yml, `promtool test rules` passes alerts_test.yml,
   and every dashboard query parses as PromQL.
@@ -25,7 +25,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 
@@ -62,7 +62,7 @@ def exported_series() -> dict[str, set[str]]:
     """
     labels = {
         m._name: set(m._labelnames)
-        for m in vars(metrics).values()
+        for m in vars(prometheus).values()
         if isinstance(m, MetricWrapperBase)
     }
     series: dict[str, set[str]] = {}
@@ -81,7 +81,7 @@ def exported_series() -> dict[str, set[str]]:
     return series
 
 
-def test_exported_series_are_the_ones_in_metrics_py() -> None:
+def test_exported_series_are_the_ones_in_prometheus_py() -> None:
     series = exported_series()
     assert "analytics_http_requests_total" in series
     assert "analytics_http_requests" not in series

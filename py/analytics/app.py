@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/v1/metrics", query.get_metrics, methods=["GET"]),
             Route("/healthz", ops.healthz, methods=["GET"]),
             Route("/readyz", ops.readyz, methods=["GET"]),
-            Route("/metrics", ops.prometheus, methods=["GET"]),
+            Route("/metrics", ops.scrape, methods=["GET"]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[

@@ -19,7 +19,7 @@ from hypercorn.config import Config
 
 from analytics.api import protocol
 from analytics.billing import stub as billing_stub
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 from analytics.runtime.logs import configure_logging
 from analytics.settings import Settings
 from analytics.store.bootstrap import first_start
@@ -103,7 +103,7 @@ def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int
             hypercorn_spawner(config, sockets, setup=protocol.http11_only),
             settings.workers,
             drain_timeout_s=settings.graceful_timeout_s + DRAIN_MARGIN_S,
-            on_exit=metrics.worker_exited,
+            on_exit=prometheus.worker_exited,
         )
         return supervisor.run()
     finally:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.normalize import ERROR_STATUS
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def error_response(
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    metrics.rejections.labels(exc.code).inc()
+    prometheus.rejections.labels(exc.code).inc()
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 

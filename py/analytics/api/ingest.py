@@ -20,7 +20,7 @@ from analytics.api.observe import timed
 from analytics.api.state import services_of
 from analytics.normalize import NormalizeError, SignatureError, normalize_batch, verify_signature
 from analytics.pipeline.writer import Overloaded, Unstorable, WriteFailed
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson")
@@ -116,7 +116,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
     except NormalizeError as e:
         raise ApiError(e.status, e.code, str(e.args[1])) from None
     for _, code, _ in result.rejected:
-        metrics.rejections.labels(code).inc()
+        prometheus.rejections.labels(code).inc()
 
     inserted = duplicates = 0
     if result.accepted:
@@ -141,8 +141,8 @@ async def _ingest(request: Request, batch: bool) -> Response:
             raise ApiError(
                 503, "write_failed", "the events were not stored; retry", {"Retry-After": "1"}
             ) from None
-    metrics.events_accepted.inc(inserted)
-    metrics.events_duplicate.inc(duplicates)
+    prometheus.events_accepted.inc(inserted)
+    prometheus.events_duplicate.inc(duplicates)
     return json_response(
         {
             "accepted": inserted,

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 from analytics.runtime.request_context import RequestContext
 
 access_log = logging.getLogger("analytics.access")
@@ -103,7 +103,7 @@ class Observe:
             await send(message)
 
         started = time.perf_counter()
-        metrics.http_in_flight.inc()
+        prometheus.http_in_flight.inc()
         if watchdog is not None:
             # Routing happens further in: a stall report names the request's path (truncated).
             watchdog.enter(request_id=request_id, route=scope["path"][:200], scenario=scenario)
@@ -113,11 +113,11 @@ class Observe:
             if watchdog is not None:
                 watchdog.exit()
             total = time.perf_counter() - started
-            metrics.http_in_flight.dec()
+            prometheus.http_in_flight.dec()
             method = scope["method"]
             labels = (route_label(scope), method_label(method))
-            metrics.http_requests.labels(*labels, str(status), scenario_label(scenario)).inc()
-            metrics.http_duration.labels(*labels, scenario_label(scenario)).observe(total)
+            prometheus.http_requests.labels(*labels, str(status), scenario_label(scenario)).inc()
+            prometheus.http_duration.labels(*labels, scenario_label(scenario)).observe(total)
             access_log.info(
                 "access",
                 extra={

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from analytics.api.errors import error_response, json_response
 from analytics.api.state import services_of
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 from analytics.store.pool import ping
 
 
@@ -34,8 +34,8 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
-async def prometheus(request: Request) -> Response:
+async def scrape(request: Request) -> Response:
     """Prometheus exposition (aggregated over workers in multiprocess mode). Rendering reads
     files (/proc, and the multiprocess files), so it runs under the `scrape` limiter."""
-    body, content_type = await services_of(request).offload.run("scrape", metrics.render)
+    body, content_type = await services_of(request).offload.run("scrape", prometheus.render)
     return Response(body, media_type=content_type)

@@ -31,7 +31,7 @@ from hypercorn.events import Closed, Event
 from hypercorn.protocol.h11 import H11Protocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class ProtocolGuard:
 
 async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
     """Answers `status` with the usual JSON error body and closes the connection after it."""
-    metrics.rejections.labels(code).inc()
+    prometheus.rejections.labels(code).inc()
     log.info(
         "refused request: %s",
         code,
@@ -142,7 +142,7 @@ class Http11Only(H11Protocol):
 
     async def _create_stream(self, request: h11.Request) -> None:
         if request.method == b"PRI" and request.target == b"*":
-            metrics.rejections.labels("http2_refused").inc()
+            prometheus.rejections.labels("http2_refused").inc()
             await self._send_error_response(400)
             await self.send(Closed())
             return
@@ -151,7 +151,7 @@ class Http11Only(H11Protocol):
     async def handle(self, event: Event) -> None:
         if isinstance(event, Closed) and self._head_incomplete():
             received = len(self.connection.trailing_data[0])
-            metrics.rejections.labels("request_timeout").inc()
+            prometheus.rejections.labels("request_timeout").inc()
             log.info(
                 "request head timed out: 408",
                 extra={

@@ -19,7 +19,7 @@ from analytics.api.errors import ApiError
 from analytics.api.state import services_of
 from analytics.normalize import normalize_event_name
 from analytics.pipeline.services import Services
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 from analytics.runtime.querycache import Entry
 from analytics.store.series import AGGS, INTERVALS, MetricsQuery, fetch_series
 
@@ -166,9 +166,9 @@ async def _cached_or_rendered(svc: Services, q: MetricsQuery, limit: int) -> byt
     cache_key = (q, limit)
     body = cache.get(cache_key)
     if body is not None:
-        metrics.cache_hits.inc()
+        prometheus.cache_hits.inc()
     else:
-        metrics.cache_misses.inc()
+        prometheus.cache_misses.inc()
         generation = cache.generation(q.customer_id, q.name)
         body = await _render(svc, q, limit)
         cache.put(cache_key, Entry.of(q.customer_id, q.name, q.start, q.end, body), generation)

@@ -19,7 +19,7 @@ import anyio
 import asyncpg
 
 from analytics.billing.sdk import BillingClient, BillingError
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 from analytics.runtime.flags import Flags
 from analytics.runtime.offload import Offload
 from analytics.store import outbox
@@ -87,7 +87,7 @@ class BillingDispatcher:
         try:
             await self.send(row)
         except (BillingError, TimeoutError, OSError) as e:
-            metrics.billing_failures.inc()
+            prometheus.billing_failures.inc()
             # Refused for good (e.g. 409: the key was used for other usage): parked for an
             # operator, never retried in a loop and never deleted.
             parked = isinstance(e, BillingError) and not e.retryable
@@ -112,7 +112,7 @@ class BillingDispatcher:
         if self._client is None:
             self._client = self._client_factory()
         client = self._client
-        metrics.billing_calls.inc()
+        prometheus.billing_calls.inc()
         with anyio.fail_after(self._call_timeout_s):
             await self._offload.run(
                 "billing_sdk",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import anyio
 
 from analytics.pipeline.services import Services
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 from analytics.runtime.logs import DroppingQueueHandler
 from analytics.store import outbox
 
@@ -18,15 +18,15 @@ async def sample_gauges(services: Services, every_s: float = 1.0, outbox_every: 
     """Until cancelled; the outbox backlog (a database query) every `outbox_every` samples."""
     tick, dropped = 0, DroppingQueueHandler.dropped
     while True:
-        metrics.log_records_dropped.inc(DroppingQueueHandler.dropped - dropped)
+        prometheus.log_records_dropped.inc(DroppingQueueHandler.dropped - dropped)
         dropped = DroppingQueueHandler.dropped
         for s in services.offload.stats():
-            metrics.limiter_capacity.labels(s.name).set(s.capacity)
-            metrics.limiter_borrowed.labels(s.name).set(s.borrowed)
-            metrics.limiter_waiting.labels(s.name).set(s.waiting)
-        metrics.writer_inbox_depth.set(services.writer.depth)
-        metrics.writer_inbox_capacity.set(services.settings.writer_inbox)
+            prometheus.limiter_capacity.labels(s.name).set(s.capacity)
+            prometheus.limiter_borrowed.labels(s.name).set(s.borrowed)
+            prometheus.limiter_waiting.labels(s.name).set(s.waiting)
+        prometheus.writer_inbox_depth.set(services.writer.depth)
+        prometheus.writer_inbox_capacity.set(services.settings.writer_inbox)
         if tick % outbox_every == 0:
-            metrics.billing_outbox_pending.set(await outbox.pending_count(services.pool))
+            prometheus.billing_outbox_pending.set(await outbox.pending_count(services.pool))
         tick += 1
         await anyio.sleep(every_s)

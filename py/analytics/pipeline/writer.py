@@ -30,7 +30,7 @@ import asyncpg
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 from analytics.store.group_commit import (
     CommitStatements,
     RowsRefused,
@@ -240,7 +240,7 @@ class GroupCommitWriter:
         except BaseException as e:  # every waiter must learn the outcome
             rows = sum(t.rows for t in batch if not t.done.is_set())
             log.error("group commit of %d rows failed: %r", rows, e)
-            metrics.writer_commit_failures.inc()
+            prometheus.writer_commit_failures.inc()
             lane.drop()
             for ticket in batch:
                 if not ticket.done.is_set():
@@ -259,7 +259,7 @@ class GroupCommitWriter:
             with anyio.fail_after(self._timeout_s):
                 counts = await self._write(await lane.connection(), batch, offsets)
         except RowsRefused as e:
-            metrics.writer_commit_failures.inc()
+            prometheus.writer_commit_failures.inc()
             if len(batch) == 1:
                 log.warning("refused a request of %d rows PostgreSQL cannot store: %s", total, e)
                 batch[0].error = Unstorable(str(e))
@@ -271,8 +271,8 @@ class GroupCommitWriter:
             return
         elapsed = time.perf_counter() - started
         self._commits.append((anyio.current_time(), total))
-        metrics.writer_batch_rows.observe(total)
-        metrics.writer_commit_seconds.observe(elapsed)
+        prometheus.writer_batch_rows.observe(total)
+        prometheus.writer_commit_seconds.observe(elapsed)
         for req, inserted in counts:
             batch[req].inserted = inserted
         for ticket in batch:

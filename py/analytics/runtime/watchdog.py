@@ -50,7 +50,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from analytics.runtime import metrics
+from analytics.runtime import prometheus
 from analytics.runtime.deadline_timer import DeadlineTimer
 from analytics.runtime.histogram import Histogram
 from analytics.runtime.stalls import (
@@ -313,11 +313,11 @@ def _fileno_file(file: TextIO) -> TextIO:
 def _export_stall(stall: Stall) -> None:
     """`on_stall`, in the watchdog thread: Prometheus' counters are thread-safe."""
     if stall.ended:
-        metrics.loop_stalls.inc()
-        metrics.loop_stall_duration.observe(stall.duration)
-        metrics.loop_stalled.set(0)
+        prometheus.loop_stalls.inc()
+        prometheus.loop_stall_duration.observe(stall.duration)
+        prometheus.loop_stalled.set(0)
     else:
-        metrics.loop_stalled.set(1)
+        prometheus.loop_stalled.set(1)
 
 
 @asynccontextmanager
@@ -332,7 +332,7 @@ async def watch_loop(settings: Settings, context: ContextFn) -> AsyncIterator[Lo
         threshold=settings.watchdog_threshold_s,
         interval=settings.watchdog_interval_s,
         on_stall=_export_stall,
-        on_lag=metrics.loop_lag.observe,
+        on_lag=prometheus.loop_lag.observe,
         context=context,
         c_fallback=settings.watchdog_c_fallback and not c_fallback_in_use(),
     ) as wd:
