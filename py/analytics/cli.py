@@ -11,6 +11,7 @@ starts the embedded server first when `DATABASE_URL` is unset.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 
 from analytics.commands.access import add_access_commands
@@ -19,6 +20,7 @@ from analytics.commands.database import add_database_commands
 from analytics.commands.feature_flags import add_flag_commands
 from analytics.commands.governance import add_governance_commands
 from analytics.commands.runner import Subparsers
+from analytics.settings import SettingError
 
 
 def add_serve(subparsers: Subparsers) -> None:
@@ -59,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `analytics` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except SettingError as e:
+        print(f"analytics: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import anyio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 
 from analytics.api import protocol
+from analytics.api.dberrors import unavailable
 from analytics.billing import stub as billing_stub
+from analytics.commands.runner import mask_dsn
 from analytics.runtime import prometheus
 from analytics.runtime.logs import configure_logging
 from analytics.settings import Settings
@@ -67,12 +70,84 @@ def hypercorn_config(settings: Settings, worker_class: str) -> Config:
     return config
 
 
+class ServeError(Exception):
+    """Why `serve` cannot start, in one line for the operator (no traceback)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+#: Shown on a later start, when the demo keys were printed on the first one.
+KEYS_HINT = (
+    "API keys live in the database: `analytics keys list` shows them, "
+    "`analytics keys create --customer NAME --scopes write,read` makes new ones."
+)
+
+
+def _listen(config: Config, settings: Settings) -> Sockets:
+    try:
+        sockets = config.create_sockets()
+    except OSError as e:
+        raise ServeError(
+            f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}"
+            " (is another server there? choose another with --port)"
+        ) from None
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        # Listening from here on, not from a worker's start: connections that arrive before
+        # the first worker is up, or while a dead one's replacement boots, wait in the backlog.
+        sock.listen(config.backlog)
+    return sockets
+
+
 def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
     """Serve until SIGTERM/SIGINT (0 once the workers drained) or until workers keep dying
-    (non-zero, see `analytics.workers`)."""
+    (non-zero, see `analytics.workers`). Raises `ServeError` when it cannot start."""
+    if worker_class == "trio":
+        raise ServeError(
+            "the trio worker cannot serve this app yet (asyncpg runs only on asyncio):"
+            " use --worker-class uvloop (the default) or asyncio",
+            exit_code=2,
+        )
     configure_logging()
-    settings = resolve_database(settings)
-    for line in anyio.run(_prepare, settings):
+    embedded = not settings.database_url
+    config = hypercorn_config(settings, worker_class)
+    sockets = _listen(config, settings)  # first: a taken port fails before anything starts
+    try:
+        return _serve(settings, config, sockets, stub_latency_ms, embedded)
+    finally:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
+
+
+def _serve(
+    settings: Settings, config: Config, sockets: Sockets, stub_latency_ms: int, embedded: bool
+) -> int:
+    try:
+        settings = resolve_database(settings)
+        lines = anyio.run(_prepare, settings)
+    except Exception as e:
+        if not unavailable(e):
+            raise
+        where = "the embedded PostgreSQL" if embedded else mask_dsn(settings.database_url)
+        raise ServeError(f"cannot reach the database ({where}): {e}") from None
+    try:
+        return _run(settings, config, sockets, stub_latency_ms, lines or [KEYS_HINT])
+    finally:
+        if embedded:
+            # Kept running on purpose: the next start takes milliseconds instead of seconds,
+            # and nothing else holds it open. Said, so nobody wonders what is left behind.
+            print(
+                f"the embedded PostgreSQL (data under {settings.data_dir}/pg) keeps running for"
+                " the next start: `analytics db stop` stops it",
+                flush=True,
+            )
+
+
+def _run(
+    settings: Settings, config: Config, sockets: Sockets, stub_latency_ms: int, lines: list[str]
+) -> int:
+    for line in lines:
         print(line, flush=True)
     stub = None
     if not settings.billing_url:
@@ -89,12 +164,6 @@ def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int
     os.environ["BILLING_URL"] = settings.billing_url
     for name in ("host", "port", "workers"):
         os.environ[f"ANALYTICS_{name.upper()}"] = str(getattr(settings, name))
-    config = hypercorn_config(settings, worker_class)
-    sockets = config.create_sockets()
-    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-        # Listening from here on, not from a worker's start: connections that arrive before
-        # the first worker is up, or while a dead one's replacement boots, wait in the backlog.
-        sock.listen(config.backlog)
     print(f"analytics serving on http://{settings.host}:{settings.port}", flush=True)
     try:
         # Each worker speaks HTTP/1.1 only (`protocol.http11_only`, set up before it loads
@@ -107,8 +176,6 @@ def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int
         )
         return supervisor.run()
     finally:
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            sock.close()
         if stub is not None:
             stub.stop()
 
@@ -139,6 +206,10 @@ def add_serve_command(subparsers) -> None:
     def handler(args) -> int:
         overrides = {k: getattr(args, k) for k in ("host", "port", "workers")}
         settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
-        return serve(settings, args.worker_class, args.stub_latency_ms)
+        try:
+            return serve(settings, args.worker_class, args.stub_latency_ms)
+        except ServeError as e:
+            print(f"analytics serve: {e}", file=sys.stderr, flush=True)
+            return e.exit_code
 
     p.set_defaults(handler=handler)

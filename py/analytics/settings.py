@@ -161,11 +161,16 @@ class Settings:
                 continue
             default = getattr(cls, f.name, None)
             if isinstance(default, bool):
-                values[f.name] = raw.lower() in ("1", "true", "yes", "on")
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
+                if raw.lower() not in (*TRUE, *FALSE):
+                    raise SettingError(env_name(f.name), raw, "on or off (1/0, true/false)")
+                values[f.name] = raw.lower() in TRUE
+            elif isinstance(default, int | float):
+                kind = type(default)
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    expected = {"int": "an integer", "float": "a number"}[kind.__name__]
+                    raise SettingError(env_name(f.name), raw, expected) from None
             elif isinstance(default, tuple):
                 values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
             elif isinstance(default, Path):
@@ -178,6 +183,19 @@ class Settings:
     def flag_defaults(self) -> dict[str, bool]:
         """Every feature flag's default, by flag name (the `flag_<name>` fields)."""
         return {name: getattr(self, f"flag_{name}") for name in FLAG_NAMES}
+
+
+#: How a boolean setting may be spelled.
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+
+
+class SettingError(ValueError):
+    """An environment variable that does not hold what its setting needs."""
+
+    def __init__(self, variable: str, raw: str, expected: str) -> None:
+        super().__init__(f"{variable}={raw!r} is not {expected}")
+        self.variable = variable
 
 
 def sources(environ: Mapping[str, str] | None = None) -> dict[str, str]:
