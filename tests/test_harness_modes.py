@@ -238,6 +238,15 @@ def test_headlines_state_the_ratios_measured_in_the_run() -> None:
     )
 
 
+def test_a_reference_saturated_by_its_client_is_flagged() -> None:
+    steps = reference_run()
+    steps[1].cpu = {"server": 0.7, "postgres": 0.0, "k6": 0.97}  # bare at 5,000 req/s
+    assert report.ratios(steps)[0].endswith(
+        "= **38%** (k6 used 97% of its core where bare saturated (server 70%): the load"
+        " generator may be bare's limit, so this may be an upper bound)"
+    )
+
+
 def test_no_ratio_without_both_sides() -> None:
     steps = [s for s in reference_run() if s.mode != "copy"]
     lines = report.ratios(steps)

@@ -185,13 +185,25 @@ def headlines(steps: Sequence[Step]) -> list[str]:
     return out
 
 
+#: k6 busier than this share of its core at a reference's saturation: k6 may be the limit.
+CLIENT_BOUND = 0.9
+
+
 def _caveats(steps: Sequence[Step], scenario: str, service: str, reference: str) -> str:
-    """What makes a ratio a bound: a ladder that never saturated did not find its ceiling."""
+    """What makes a ratio a bound: a ladder that never saturated did not find its ceiling,
+    and a reference that saturated with k6's core full may have found k6's."""
     notes = []
     for mode, bound in ((reference, "an upper"), (service, "a lower")):
         ladder = [s for s in steps if s.mode == mode and s.scenario == scenario]
-        if not any(s.saturated for s in ladder):
+        saturated = next((s for s in ladder if s.saturated), None)
+        if saturated is None:
             notes.append(f"{mode} never saturated, so this is {bound} bound")
+        elif mode == reference and saturated.cpu.get("k6", 0.0) >= CLIENT_BOUND:
+            notes.append(
+                f"k6 used {saturated.cpu['k6']:.0%} of its core where {mode} saturated"
+                f" (server {saturated.cpu.get('server', 0.0):.0%}): the load generator may be"
+                f" {mode}'s limit, so this may be {bound} bound"
+            )
     return f" ({'; '.join(notes)})" if notes else ""
 
 
