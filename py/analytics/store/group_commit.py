@@ -8,7 +8,6 @@ transaction. The writer (pipeline/writer.py) owns batching, lanes and their conn
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -193,10 +192,13 @@ async def write_group(
             columns = copy_columns(b"".join(payloads))
             result = await conn.fetch(statements.arrays, now, offsets, usage_window, *columns)
         else:
-            data = b"".join([COPY_HEADER, *payloads, COPY_TRAILER])
+            # A buffer, not a file-like object: asyncpg reads a file-like source through
+            # `loop.run_in_executor` (a thread hop per 512 KB, outside our named limiters);
+            # a buffer it sends as it is. (Plain bytes would be taken for a path.)
+            data = memoryview(b"".join([COPY_HEADER, *payloads, COPY_TRAILER]))
             async with conn.transaction():
                 await conn.copy_to_table(
-                    "staging", source=io.BytesIO(data), columns=list(COPY_COLUMNS), format="binary"
+                    "staging", source=data, columns=list(COPY_COLUMNS), format="binary"
                 )
                 result = await conn.fetch(statements.staged, now, offsets, usage_window)
     except (asyncpg.DataError, asyncpg.ProgramLimitExceededError) as e:
