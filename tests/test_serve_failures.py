@@ -60,4 +60,3 @@ def test_a_later_start_says_how_to_get_keys(blank_dsn):
     with running_server(blank_dsn) as second:
         assert not second.keys
         assert any(KEYS_HINT in line for line in second.output)
-
