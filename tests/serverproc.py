@@ -212,3 +212,36 @@ def read_responses(
             break
         buffer += data
     return responses, closed
+
+
+@contextmanager
+def serving(
+    argv: list[str], ready_path: str, *, cwd: str, env: dict[str, str], ready_s: float = 30
+) -> Iterator[str]:
+    """Any server command of ours (`argv` + `--port N`) on a free port, its base URL yielded
+    once `ready_path` answers; on exit SIGTERM, which it must answer with a clean exit
+    (asserted), else it is killed. Its output is shown by pytest when the test fails."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*argv, "--port", str(port)],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    drain = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+    drain.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}{ready_path}", deadline_s=ready_s)
+        yield base
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, "did not exit cleanly on SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        drain.join(timeout=5)
+        print("".join(output))

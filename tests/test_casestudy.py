@@ -7,14 +7,8 @@ are checked.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +19,7 @@ import orjson
 import pytest
 
 from analytics.store.bootstrap import create_customer_key
-from serverproc import free_port, running_stub, wait_http
+from serverproc import free_port, running_stub, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,39 +43,18 @@ async def _fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-@contextmanager
-def variant_server(
-    variant: str, dsn: str, billing_url: str, *args: str, script: bool = False
-) -> Iterator[str]:
+def variant_server(variant: str, dsn: str, billing_url: str, *args: str, script: bool = False):
     """The variant as the load harness starts it: `python -m benches.casestudy.serve` from
     the repository root, or (`script`) `python benches/casestudy/serve.py`."""
-    port = free_port()
     module = ["-m", "benches.casestudy.serve"]
     how = [str(ROOT / "benches" / "casestudy" / "serve.py")] if script else module
-    cmd = [sys.executable, *how, "--variant", variant]
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port), *args],
-        cwd=ROOT if not script else ROOT / "tests",
-        env={**os.environ, "DATABASE_URL": dsn, "BILLING_URL": billing_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return serving(
+        [sys.executable, *how, "--variant", variant, *args],
+        "/healthz",
+        cwd=str(ROOT if not script else ROOT / "tests"),
+        env={"DATABASE_URL": dsn, "BILLING_URL": billing_url},
+        ready_s=20,
     )
-    output: list[str] = []
-    drain = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
-    drain.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/healthz", deadline_s=20)
-        yield base
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0, "did not exit cleanly on SIGTERM"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        drain.join(timeout=5)
-        print("".join(output))  # shown by pytest when the test fails
 
 
 def _event(i: int, **extra: object) -> dict:

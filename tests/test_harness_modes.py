@@ -7,15 +7,9 @@ Hypercorn, real HTTP; a real PostgreSQL for `copy`). No k6.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import struct
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -26,7 +20,8 @@ import pytest
 from analytics.normalize import COPY_COLUMNS, normalize_batch
 from benches.harness import cli, plan, plot, promtext, report, results
 from benches.reference_apps import plain_copy
-from serverproc import free_port, wait_http
+from harness_steps import step
+from serverproc import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 META = {"started": "2025-01-01 00:00:00Z", "workers": 1, "stub_latency_ms": 20, "sign": True}
@@ -86,32 +81,6 @@ def test_compare_keeps_its_meaning_and_combines_with_reference() -> None:
 
 
 # --- figures of a step --------------------------------------------------------------------------
-
-
-def step(**kw: object) -> results.Step:
-    base: dict = {
-        "mode": "service",
-        "scenario": "ingest_single",
-        "offered_rps": 1000,
-        "duration_s": 10,
-        "requests": 10_000,
-        "achieved_rps": 1000.0,
-        "events_per_s": 1000.0,
-        "p50_ms": 2.0,
-        "p95_ms": 5.0,
-        "p99_ms": 9.0,
-        "max_ms": 30.0,
-        "statuses": {"200": 10_000},
-        "lag_p99_ms": 0.9,
-        "stalls": 0,
-        "fresh_p99_ms": 12.0,
-        "probes_ok": 20,
-        "probes": 20,
-    }
-    base.update(kw)
-    s = results.Step(**base)
-    s.saturated = results.is_saturated(s)
-    return s
 
 
 def reference(mode: str, **kw: object) -> results.Step:
@@ -310,34 +279,10 @@ def test_bigint_rewrite_matches_the_ascii_shortcut() -> None:
 # --- the apps, served as the harness serves them ------------------------------------------------
 
 
-@contextmanager
-def reference_server(variant: str, *args: str, **env: str) -> Iterator[str]:
+def reference_server(variant: str, *args: str, **env: str):
     """`python -m benches.reference_apps.serve --variant VARIANT` on a free port."""
-    port = free_port()
-    serve = [sys.executable, "-m", "benches.reference_apps.serve", "--variant", variant]
-    proc = subprocess.Popen(
-        [*serve, "--port", str(port), *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    drain = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
-    drain.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/readyz", deadline_s=30)
-        yield base
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0, "did not exit cleanly on SIGTERM"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        drain.join(timeout=5)
-        print("".join(output))  # shown by pytest when the test fails
+    serve = [sys.executable, "-m", "benches.reference_apps.serve", "--variant", variant, *args]
+    return serving(serve, "/readyz", cwd=str(ROOT), env=env)
 
 
 def test_bare_reads_the_body_and_answers_a_constant() -> None:

@@ -29,10 +29,10 @@ from benches.harness import (
     promtext,
     pyspy,
     report,
-    results,
     stalls,
     timings,
 )
+from harness_steps import step
 
 INF = math.inf
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,32 +160,6 @@ def test_parse_k6_summary() -> None:
 def test_parse_k6_summary_of_an_empty_run() -> None:
     got = k6.parse_k6_summary({"metrics": {}, "state": {"testRunDurationMs": 0}})
     assert got["requests"] == 0 and got["achieved_rps"] == 0.0 and got["p99_ms"] is None
-
-
-def step(**kw: object) -> results.Step:
-    base: dict = {
-        "mode": "service",
-        "scenario": "ingest_single",
-        "offered_rps": 1000,
-        "duration_s": 10,
-        "requests": 10_000,
-        "achieved_rps": 1000.0,
-        "events_per_s": 1000.0,
-        "p50_ms": 2.0,
-        "p95_ms": 5.0,
-        "p99_ms": 9.0,
-        "max_ms": 30.0,
-        "statuses": {"200": 10_000},
-        "lag_p99_ms": 0.9,
-        "stalls": 0,
-        "fresh_p99_ms": 12.0,
-        "probes_ok": 20,
-        "probes": 20,
-    }
-    base.update(kw)
-    s = results.Step(**base)
-    s.saturated = results.is_saturated(s)
-    return s
 
 
 def test_saturation() -> None:
