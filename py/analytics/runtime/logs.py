@@ -55,6 +55,11 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 _listener: logging.handlers.QueueListener | None = None
 
 
+#: Libraries whose INFO records are their own chatter: pgserver logs every pg_ctl command
+#: and its output, which buried `serve`'s start-up lines (the demo keys among them).
+QUIET = ("pgserver",)
+
+
 def configure_logging(level: str = "INFO", capacity: int = 10_000) -> None:
     """JSON lines on stderr, written by a listener thread, for everything reaching the root
     logger. Idempotent; the listener thread stops at interpreter exit after flushing."""
@@ -67,6 +72,8 @@ def configure_logging(level: str = "INFO", capacity: int = 10_000) -> None:
     root = logging.getLogger()
     root.handlers[:] = [DroppingQueueHandler(records)]
     root.setLevel(level.upper())
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
     _listener = logging.handlers.QueueListener(records, stream, respect_handler_level=False)
     _listener.start()
     atexit.register(_listener.stop)
