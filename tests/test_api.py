@@ -19,6 +19,7 @@ from analytics.normalize import sign
 from analytics.settings import Settings
 from analytics.store.bootstrap import create_customer_key
 from analytics.store.flag_overrides import set_flag
+from dbutil import fetchval
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 
@@ -33,17 +34,6 @@ def make_key(dsn: str, customer: str, scopes: set[str], signing: bool = False):
         try:
             _, key = await create_customer_key(conn, customer, scopes, signing, datetime.now(UTC))
             return key
-        finally:
-            await conn.close()
-
-    return anyio.run(go)
-
-
-def raw_count(dsn: str, sql: str, *args) -> int:
-    async def go():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetchval(sql, *args)
         finally:
             await conn.close()
 
@@ -104,7 +94,7 @@ def test_batch_is_counted_once_and_retry_reports_duplicates(env):
     assert first.json() == {"accepted": 50, "duplicates": 0, "rejected": []}
     second = post(env, "/v1/batch", batch)
     assert second.json() == {"accepted": 0, "duplicates": 50, "rejected": []}
-    assert raw_count(env["dsn"], "SELECT count(*) FROM events WHERE name = 'signup'") == 50
+    assert fetchval(env["dsn"], "SELECT count(*) FROM events WHERE name = 'signup'") == 50
     total = metrics(env, event="signup", interval="minute").json()
     assert sum(p["value"] for p in total["series"][0]["points"]) == 50
 
@@ -137,7 +127,7 @@ def test_metrics_match_raw_events(env):
     users = metrics(env, event="buy", agg="unique_users", filter=["path:/a", "country:DE"]).json()
     assert sum(p["value"] for p in users["series"][0]["points"]) == 3  # u0, u2, u1
     sql = "SELECT count(*) FROM events WHERE name = 'buy' AND properties->>'path' = '/a'"
-    by_raw = raw_count(env["dsn"], sql)
+    by_raw = fetchval(env["dsn"], sql)
     by_rollup = metrics(env, event="buy", filter="path:/a").json()
     assert sum(p["value"] for p in by_rollup["series"][0]["points"]) == by_raw == 3
 

@@ -13,6 +13,7 @@ import pytest
 
 from analytics.store.customers import CUSTOMER_TABLES
 from analytics.store.keys import lookup_key
+from dbutil import fetch
 
 
 def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -98,19 +99,6 @@ def test_revoking_an_unknown_key_exits_1(fresh_dsn: str) -> None:
     assert "no such active key" in result.stderr
 
 
-def sql(dsn: str, query: str, *args):
-    """Rows of `query` on `dsn` (a helper for checking what a command left behind)."""
-
-    async def run():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    return anyio.run(run)
-
-
 def create(dsn: str, customer: str, scopes: str = "write", *extra: str) -> dict:
     result = cli(
         dsn, "keys", "create", "--customer", customer, "--scopes", scopes, "--json", *extra
@@ -134,13 +122,13 @@ def test_keys_create_refuses_bad_customer_names(fresh_dsn: str, name: str, messa
     result = cli(fresh_dsn, "keys", "create", "--customer", name, "--scopes", "read")
     assert result.returncode == 2
     assert message in result.stderr
-    assert sql(fresh_dsn, "SELECT name FROM customers") == []
+    assert fetch(fresh_dsn, "SELECT name FROM customers") == []
 
 
 def test_keys_create_trims_the_customer_name(fresh_dsn: str) -> None:
     out = create(fresh_dsn, "  Acme Inc.  ", "read")
     assert out["customer"] == "Acme Inc."
-    assert [r["name"] for r in sql(fresh_dsn, "SELECT name FROM customers")] == ["Acme Inc."]
+    assert [r["name"] for r in fetch(fresh_dsn, "SELECT name FROM customers")] == ["Acme Inc."]
     assert create(fresh_dsn, "x" * 100, "read")["customer"] == "x" * 100  # the longest
 
 
@@ -204,7 +192,7 @@ def test_keys_revoke_asks_which_customer_when_a_key_id_is_shared(fresh_dsn: str)
     a, b = create(fresh_dsn, "acme"), create(fresh_dsn, "globex")
     shared = a["key"].split("_")[2]
     # Key ids are random per customer: make globex's key collide with acme's.
-    sql(fresh_dsn, "UPDATE api_keys SET key_id = $1 WHERE customer_id = $2", shared,
+    fetch(fresh_dsn, "UPDATE api_keys SET key_id = $1 WHERE customer_id = $2", shared,
         b["customer_id"])  # fmt: skip
     ambiguous = cli(fresh_dsn, "keys", "revoke", shared)
     assert ambiguous.returncode == 1
@@ -217,7 +205,7 @@ def test_keys_revoke_asks_which_customer_when_a_key_id_is_shared(fresh_dsn: str)
     assert "no such active key of customer initech" in wrong.stderr
     done = cli(fresh_dsn, "keys", "revoke", shared, "--customer", "globex")
     assert done.returncode == 0, done.stderr
-    revoked = sql(fresh_dsn, "SELECT c.name, k.revoked_at IS NOT NULL AS revoked FROM api_keys k"
+    revoked = fetch(fresh_dsn, "SELECT c.name, k.revoked_at IS NOT NULL AS revoked FROM api_keys k"
                   " JOIN customers c USING (customer_id) ORDER BY 1")  # fmt: skip
     assert [tuple(r) for r in revoked] == [("acme", False), ("globex", True)]
 
@@ -240,7 +228,7 @@ def test_customers_list(fresh_dsn: str) -> None:
 
 
 def tables_with_customer_id(dsn: str) -> set[str]:
-    rows = sql(
+    rows = fetch(
         dsn,
         "SELECT c.relname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -265,12 +253,12 @@ def seed_rows(dsn: str, customer_id: int) -> None:
         "INSERT INTO usage_dispatch (customer_id, window_start, window_end, count,"
         " idempotency_key, created_at) VALUES ($1, now(), now(), 1, 'x', now())",
     ):
-        sql(dsn, statement, customer_id)
+        fetch(dsn, statement, customer_id)
 
 
 def rows_of(dsn: str, customer_id: int) -> dict[str, int]:
     return {
-        t: sql(dsn, f"SELECT count(*) FROM {t} WHERE customer_id = $1", customer_id)[0][0]
+        t: fetch(dsn, f"SELECT count(*) FROM {t} WHERE customer_id = $1", customer_id)[0][0]
         for t in CUSTOMER_TABLES
     }
 

@@ -25,6 +25,7 @@ from analytics.settings import DEFAULT_DIMENSIONS, Settings
 from analytics.store.bootstrap import create_customer_key
 from analytics.store.dimensions import dimension_expr
 from analytics.store.export import export_events
+from dbutil import fetch
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=5)
@@ -42,17 +43,6 @@ def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
-
-
-def db(dsn: str, query: str, *args):
-    async def run():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    return anyio.run(run)
 
 
 def bearer(dsn: str, customer: str, scopes: set[str]) -> dict[str, str]:
@@ -206,7 +196,7 @@ async def test_export_streams_in_chunks(fresh_dsn: str) -> None:
 
 
 def rollups(dsn: str) -> set[tuple]:
-    rows = db(
+    rows = fetch(
         dsn, "SELECT customer_id, name, dim, dim_value, bucket, count, sum_value FROM rollup_minute"
     )
     return {tuple(r) for r in rows}
@@ -215,7 +205,7 @@ def rollups(dsn: str) -> set[tuple]:
 def rollups_from_raw(dsn: str) -> set[tuple]:
     """The minute rollups recomputed from the raw events, as the writer computes them."""
     dims = ", ".join(["('', '')", *(f"('{d}', {dimension_expr(d)})" for d in DEFAULT_DIMENSIONS)])
-    rows = db(dsn, f"""
+    rows = fetch(dsn, f"""
         SELECT customer_id, name, d.dim, d.val, date_trunc('minute', ts, 'UTC'), count(*),
                coalesce(sum(value), 0)
         FROM events CROSS JOIN LATERAL (VALUES {dims}) AS d(dim, val)
@@ -248,9 +238,9 @@ def test_erase_takes_a_users_events_out_of_every_answer(app: dict) -> None:
         assert lost == pytest.approx(sum(e["value"] for e in gone))
 
     # The rollups are exactly what the remaining raw events make, no row left at zero.
-    assert db(app["dsn"], "SELECT count(*) FROM events WHERE user_id = 'u1'")[0][0] == 0
+    assert fetch(app["dsn"], "SELECT count(*) FROM events WHERE user_id = 'u1'")[0][0] == 0
     assert rollups(app["dsn"]) == rollups_from_raw(app["dsn"])
-    assert db(app["dsn"], "SELECT count(*) FROM rollup_minute WHERE count <= 0")[0][0] == 0
+    assert fetch(app["dsn"], "SELECT count(*) FROM rollup_minute WHERE count <= 0")[0][0] == 0
 
     # Idempotent, and a retry of an erased event does not bring it back (dedup kept).
     state = rollups(app["dsn"])

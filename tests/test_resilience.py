@@ -14,18 +14,8 @@ import asyncpg
 import httpx2 as httpx
 import pytest
 
+from dbutil import fetch
 from serverproc import free_port, running_server, running_stub
-
-
-def query(dsn: str, sql: str, *args):
-    async def go():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return anyio.run(go)
 
 
 def batch(prefix: str, n: int) -> bytes:
@@ -65,7 +55,7 @@ def test_sigterm_mid_stream_loses_no_acknowledged_event(blank_dsn):
             for f in futures:
                 f.result()
     assert len(acked) > 500
-    rows = query(blank_dsn, "SELECT event_id, count(*) AS n FROM events GROUP BY event_id")
+    rows = fetch(blank_dsn, "SELECT event_id, count(*) AS n FROM events GROUP BY event_id")
     stored = {r["event_id"]: r["n"] for r in rows}
     assert all(n == 1 for n in stored.values())  # none twice
     assert set(acked) <= set(stored)  # every acknowledged event is there
@@ -114,7 +104,7 @@ def test_billing_outage_loses_nothing_and_counts_once(blank_dsn, tmp_path):
             wait_until(lambda: stub_usage(url)["customers"].get("1") == 70, 30, "catch-up")
             time.sleep(1.5)  # a resend would show up as extra usage
             assert stub_usage(url)["customers"] == {"1": 70}
-    rows = query(
+    rows = fetch(
         blank_dsn,
         "SELECT count(*) FILTER (WHERE sent_at IS NULL) AS pending, sum(count) AS total,"
         " max(attempts) AS attempts FROM usage_dispatch",
