@@ -14,8 +14,8 @@ import httpx2 as httpx
 import pytest
 
 from conftest import _temporary_database
+from dbutil import fetch
 from serverproc import RawResponse, Server, read_responses, running_server
-from test_resilience import query
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def post_head(server: Server, length: int, *extra: str, key: str | None = None) 
 
 
 def stored(server: Server, *event_ids: str) -> list[str]:
-    rows = query(
+    rows = fetch(
         server.dsn,  # type: ignore[attr-defined]
         "SELECT event_id FROM events WHERE event_id = ANY($1::text[])",
         list(event_ids),

@@ -24,6 +24,7 @@ import httpx2 as httpx
 import pytest
 
 from analytics.workers import RestartPolicy, Restarts, ShutdownSignal, Supervisor
+from dbutil import fetch
 from serverproc import (
     connection_owner,
     read_responses,
@@ -31,7 +32,6 @@ from serverproc import (
     wait_for_workers,
     worker_pids,
 )
-from test_resilience import query
 
 # -- the policy, on a fake clock ---------------------------------------------------------
 
@@ -304,7 +304,7 @@ def test_a_killed_worker_is_replaced_and_no_acknowledged_event_is_lost(blank_dsn
     log = "".join(server.output)
     assert f"worker {worker} died (killed by SIGKILL)" in log
     assert f"worker {replacement} started" in log
-    rows = query(blank_dsn, "SELECT event_id, count(*) AS n FROM events GROUP BY event_id")
+    rows = fetch(blank_dsn, "SELECT event_id, count(*) AS n FROM events GROUP BY event_id")
     stored = {r["event_id"]: r["n"] for r in rows}
     assert set(producer.acked) <= set(stored)  # every acknowledged event is there
     assert all(n == 1 for n in stored.values())  # retries counted once
