@@ -5,7 +5,8 @@ temporary directory, then commits batches of fresh ~1.5 KB events through the wr
 database call (`store.group_commit.write_group`: COPY into staging, the one statement, commit)
 at 1, 10, 100, 1,000 and 10,000 rows per commit, and prints per size: latency per commit
 (median, p95), PostgreSQL CPU per commit (the writer's backend alone, and every PostgreSQL
-process, which adds the WAL writer and the checkpointer), and both per row.
+process, which adds the WAL writer and the checkpointer), and both per row; then what the
+rollup job's fold of those events costs PostgreSQL per event (off the ack path).
 
 CPU is read from /proc/<pid>/schedstat (nanoseconds on CPU, exact, unlike the 10 ms ticks of
 /proc/<pid>/stat), so it is steady even on a busy machine; latencies are not. No HTTP, no
@@ -39,6 +40,7 @@ from analytics.store import group_commit
 from analytics.store.bootstrap import customer_with_keys, prepare
 from analytics.store.embedded import start_embedded, stop_embedded
 from analytics.store.pool import connect
+from analytics.store.rollups import Folder
 from benches.conftest import make_event
 
 SIZES = (1, 10, 100, 1_000, 10_000)
@@ -55,6 +57,8 @@ class Figures:
     postgres_cpu_ms_per_commit: float
     backend_cpu_us_per_row: float
     postgres_cpu_us_per_row: float
+    #: The rollup job's fold of this size's committed events: all PostgreSQL CPU per event.
+    fold_cpu_us_per_row: float
 
 
 def _cpu_ns(pid: int) -> int:
@@ -125,7 +129,8 @@ async def measure(
         await prepare(conn, datetime.now(UTC))
         customer = (await customer_with_keys(conn, "bench", datetime.now(UTC))).customer_id
         await group_commit.prepare_connection(conn)
-        statements = group_commit.CommitStatements.build(DEFAULT_DIMENSIONS)
+        statements = group_commit.CommitStatements.build()
+        folder = Folder(DEFAULT_DIMENSIONS)
         backend = conn.get_server_pid()
         window = timedelta(seconds=60)
         seq = 0
@@ -140,6 +145,7 @@ async def measure(
                 await group_commit.write_group(
                     conn, payloads, offsets, rows, datetime.now(UTC), window, statements
                 )
+            await folder.fold(conn, 600.0)  # what came before is not this size's fold
             latencies = []
             cpu0, tree0 = _cpu_ns(backend), _tree_cpu_ns(postmaster)
             started = time.perf_counter()
@@ -154,6 +160,9 @@ async def measure(
             n = len(latencies)
             cpu = (_cpu_ns(backend) - cpu0) / n / 1e6
             tree = (_tree_cpu_ns(postmaster) - tree0) / n / 1e6
+            fold0 = _tree_cpu_ns(postmaster)
+            folded = await folder.fold(conn, 600.0)
+            fold_us = (_tree_cpu_ns(postmaster) - fold0) / 1e3 / max(1, folded.events)
             out.append(
                 Figures(
                     rows_per_commit=rows,
@@ -165,6 +174,7 @@ async def measure(
                     postgres_cpu_ms_per_commit=round(tree, 3),
                     backend_cpu_us_per_row=round(cpu * 1e3 / rows, 2),
                     postgres_cpu_us_per_row=round(tree * 1e3 / rows, 2),
+                    fold_cpu_us_per_row=round(fold_us, 2),
                 )
             )
             print(_row(out[-1]), flush=True)
@@ -175,8 +185,8 @@ async def measure(
 
 HEADER = (
     "| rows/commit | commits | latency p50 ms | p95 ms | backend CPU ms/commit "
-    "| all PG CPU ms/commit | backend µs/row | all PG µs/row |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| all PG CPU ms/commit | backend µs/row | all PG µs/row | fold: all PG µs/row |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -184,7 +194,8 @@ def _row(f: Figures) -> str:
     return (
         f"| {f.rows_per_commit:,} | {f.commits} | {f.latency_ms_p50} | {f.latency_ms_p95} "
         f"| {f.backend_cpu_ms_per_commit} | {f.postgres_cpu_ms_per_commit} "
-        f"| {f.backend_cpu_us_per_row} | {f.postgres_cpu_us_per_row} |"
+        f"| {f.backend_cpu_us_per_row} | {f.postgres_cpu_us_per_row} "
+        f"| {f.fold_cpu_us_per_row} |"
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import asyncpg
 
@@ -23,3 +25,13 @@ def fetchval(dsn: str, query: str, *args: object) -> object:
     """The first column of the first row of `query` on `dsn`."""
     rows = fetch(dsn, query, *args)
     return rows[0][0] if rows else None
+
+
+def settle(dsn: str, within_s: float = 15.0) -> None:
+    """Wait until the rollup job has folded every committed event (the running server's job
+    does the folding), so the rollup tables can be read directly."""
+    deadline = time.monotonic() + within_s
+    query = "SELECT count(*) FROM events WHERE xid >= (SELECT watermark FROM rollup_state)"
+    while fetchval(dsn, query):
+        assert time.monotonic() < deadline, "the rollup job did not fold the events in time"
+        time.sleep(0.05)

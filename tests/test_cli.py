@@ -248,7 +248,14 @@ def seed_rows(dsn: str, customer_id: int) -> None:
         "INSERT INTO events (customer_id, ts, name, dedup_key, received_at, properties, flags)"
         " VALUES ($1, now(), 'e', 'k', now(), '{}', 0)",
         "INSERT INTO dedup (customer_id, dedup_key, first_seen) VALUES ($1, 'k', now())",
-        "INSERT INTO rollup_minute VALUES ($1, 'e', '', '', date_trunc('minute', now()), 1, 0)",
+        *(
+            f"INSERT INTO {t} VALUES ($1, 'e', '', '', date_trunc('minute', now()), 1, 0)"
+            for t in ("rollup_minute", "rollup_hour")
+        ),
+        *(
+            f"INSERT INTO {t} VALUES ($1, 'e', 'a', 'b', 'x', 'y', date_trunc('hour', now()), 1, 0)"
+            for t in ("rollup_pair_hour",)
+        ),
         "INSERT INTO usage_outbox (customer_id, window_start, count) VALUES ($1, now(), 1)",
         "INSERT INTO usage_dispatch (customer_id, window_start, window_end, count,"
         " idempotency_key, created_at) VALUES ($1, now(), now(), 1, 'x', now())",

@@ -25,7 +25,7 @@ from analytics.settings import DEFAULT_DIMENSIONS, Settings
 from analytics.store.bootstrap import create_customer_key
 from analytics.store.dimensions import dimension_expr
 from analytics.store.export import export_events
-from dbutil import fetch
+from dbutil import fetch, settle
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=5)
@@ -196,6 +196,7 @@ async def test_export_streams_in_chunks(fresh_dsn: str) -> None:
 
 
 def rollups(dsn: str) -> set[tuple]:
+    settle(dsn)
     rows = fetch(
         dsn, "SELECT customer_id, name, dim, dim_value, bucket, count, sum_value FROM rollup_minute"
     )

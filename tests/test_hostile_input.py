@@ -103,7 +103,10 @@ def test_limits_that_are_not_1_to_100_in_ascii_digits_are_invalid_limit(app, raw
 def test_a_limit_in_range_is_answered(app):
     r = _get(app, group_by="path", limit="2")
     assert r.status_code == 200, r.text
-    assert len(r.json()["series"]) == 2
+    # The top two, then `other` with the rest, so the series still add up to the total.
+    series = r.json()["series"]
+    assert len(series) == 3 and [s.get("other") for s in series][:2] == [None, None]
+    assert series[-1]["other"] >= 1 and series[-1]["group"] is None
 
 
 # -- the query parameters, probed ------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What was stored, counted directly in PostgreSQL, and what billing was told, from the stub.
 
-`stored` reads the `events` table itself (rows per event id) and the minute rollups' total
-(`dim = ''`) for the experiment's event name; `billed` reads the stub's `/usage` totals.
+`stored` reads the `events` table itself (rows per event id) and what a query counts for the
+experiment's event name (the minute rollups' total, `dim = ''`, plus the events the rollup
+job has not folded yet); `billed` reads the stub's `/usage` totals.
 Both block (each opens its own connection or request): call them between experiments, not
 on an event loop.
 """
@@ -20,9 +21,13 @@ ROWS_PER_ID = """
 SELECT event_id, count(*) AS n FROM events
 WHERE customer_id = $1 AND name = $2 GROUP BY event_id
 """
+# What a query counts: the rollups (events the rollup job has folded) plus the events above
+# its watermark, in one statement (one snapshot).
 ROLLUP_TOTAL = """
-SELECT coalesce(sum(count), 0)::bigint FROM rollup_minute
-WHERE customer_id = $1 AND name = $2 AND dim = ''
+SELECT (SELECT coalesce(sum(count), 0)::bigint FROM rollup_minute
+        WHERE customer_id = $1 AND name = $2 AND dim = '')
+     + (SELECT count(*) FROM events WHERE customer_id = $1 AND name = $2
+        AND xid >= (SELECT watermark FROM rollup_state))
 """
 STORED_TOTAL = "SELECT count(*) FROM events WHERE customer_id = $1"
 

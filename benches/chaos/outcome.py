@@ -3,7 +3,8 @@ verdict: the invariants every experiment must hold, whatever its fault.
 
 - lost = 0: every event a 2xx acknowledged has a row in `events`;
 - doubled = 0: no event id has two rows, and the rollups count no more than is stored;
-- the rollups count exactly what is stored (they are written in the same transaction);
+- the rollups (with the events not folded yet) count exactly what is stored: the fold moves
+  events into rollups and the watermark past them in one transaction;
 - no event was answered `accepted` twice (a retry of a stored event is a duplicate);
 - billing was told exactly what is stored, once (the outbox commits with the events);
 - every fault was followed by a 2xx (the service came back).

@@ -65,6 +65,7 @@ def lifespan(settings: Settings, context: RequestContext):
                 tg.start_soon(supervised, "feature flags", flags)
                 await tg.start(services.invalidator.run, name="cache invalidation listener")
                 await tg.start(services.writer.run, name="group-commit writer")
+                tg.start_soon(supervised, "rollup job", services.rollups.run)
                 if services.dispatcher is not None:
                     tg.start_soon(supervised, "billing dispatcher", services.dispatcher.run)
                 gauges = functools.partial(sample_gauges, services)
@@ -82,6 +83,7 @@ def lifespan(settings: Settings, context: RequestContext):
                     services.writer.close()
                     with anyio.CancelScope(shield=True):
                         await services.writer.closed.wait()
+                    await services.rollups.final_fold()
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):

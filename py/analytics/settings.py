@@ -122,6 +122,11 @@ class Settings:
     #: minute rollups; the default partition (rows outside the monthly ones) is never dropped.
     retention_days: int = 0
 
+    #: How often the rollup job folds committed events into the rollups, in seconds (one
+    #: process at a time does it; queries read the events not folded yet from the raw table,
+    #: so this bounds the work a query does on raw events, not how fresh it is).
+    rollup_interval_s: float = 0.5
+
     # Query.
     #: The dimensions rollups are kept for and queries may group or filter by.
     dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from analytics.api.auth import authenticate, rate_limit
 from analytics.api.dberrors import database_errors
 from analytics.api.errors import ApiError
+from analytics.api.groups import combine, rank
 from analytics.api.state import services_of
 from analytics.normalize import normalize_event_name
 from analytics.pipeline.services import Services
@@ -78,6 +79,9 @@ def parse_query(request: Request, customer_id: int) -> MetricsQuery:
     for name in params:
         if name not in ("event", "from", "to", "interval", "group_by", "filter", "agg", "limit"):
             raise ApiError(400, "unknown_parameter", f"unknown query parameter {name!r}")
+        if name != "filter" and len(params.getlist(name)) > 1:
+            # Which one would count? Refused rather than guessed (only `filter` repeats).
+            raise ApiError(400, "repeated_parameter", f"{name} may be given once")
     raw_event = params.get("event")
     if not raw_event:
         raise ApiError(400, "missing_event", "the event parameter is required")
@@ -177,18 +181,18 @@ async def _cached_or_rendered(svc: Services, q: MetricsQuery, limit: int) -> byt
 
 async def _render(svc: Services, q: MetricsQuery, limit: int) -> bytes:
     rows = await fetch_series(svc.pool, q, svc.settings.command_timeout_s)
-
     step = STEP[q.interval]
     times = [q.start + i * step for i in range((q.end - q.start) // step)]
-    index = {t: i for i, t in enumerate(times)}
-    zero: float = 0.0 if q.agg == "sum" else 0
-    by_group: dict[str | None, list[float]] = {}
-    for bucket, group, value in rows:
-        points = by_group.setdefault(group, [zero] * len(times))
-        points[index[bucket]] = float(value) if q.agg == "sum" else int(value)
-    if q.group_by is None:
-        by_group.setdefault(None, [zero] * len(times))
-    ranked = sorted(by_group.items(), key=lambda kv: (-sum(kv[1]), kv[0] or ""))
+    series = [
+        {
+            "group": g.group,
+            **({"other": g.other} if g.other else {}),
+            "points": [
+                {"t": _iso(t), "value": v} for t, v in zip(times, g.values(q.agg), strict=True)
+            ],
+        }
+        for g in rank(combine(rows, times, q), limit, q.agg)
+    ]
     return orjson.dumps(
         {
             "event": q.name,
@@ -198,14 +202,6 @@ async def _render(svc: Services, q: MetricsQuery, limit: int) -> bytes:
             "to": _iso(q.end),
             "group_by": q.group_by,
             "filters": [{"dimension": d, "value": v} for d, v in q.filters],
-            "series": [
-                {
-                    "group": group,
-                    "points": [
-                        {"t": _iso(t), "value": v} for t, v in zip(times, points, strict=True)
-                    ],
-                }
-                for group, points in ranked[:limit]
-            ],
+            "series": series,
         }
     )

@@ -19,12 +19,10 @@ import asyncpg
 
 from analytics.commands.runner import Subparsers, fail, timestamp, with_connection
 from analytics.normalize import normalize_event_name
-from analytics.runtime.flags import Flags
 from analytics.settings import Settings
 from analytics.store.customers import find_customer
 from analytics.store.erase import erase_user
 from analytics.store.export import export_events
-from analytics.store.flag_overrides import load_overrides
 
 
 async def _export(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
@@ -64,17 +62,9 @@ async def _erase(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     if customer_id is None:
         return fail(f"no such customer: {args.customer}")
     settings = Settings.from_env()
-    # Rollups are subtracted as the writer adds them now: the configured dimensions, and the
-    # enrichment flag as every worker currently has it (its default, or the override).
-    flags = Flags(settings.flag_defaults())
-    flags.apply(await load_overrides(conn))
-    erased = await erase_user(
-        conn,
-        customer_id,
-        args.user_id,
-        settings.dimensions,
-        enrich=flags.enabled("enrichment"),
-    )
+    # Rollups are subtracted as the rollup job adds them: the configured dimensions, and for
+    # `browser` the enrichment flag as it stood when each event was stored (kept in its flags).
+    erased = await erase_user(conn, customer_id, args.user_id, settings.dimensions)
     print(
         f"erased user {args.user_id!r} of customer {args.customer}: {erased.events} events,"
         f" {erased.rollup_rows} rollup rows lowered ({erased.rollup_rows_deleted} emptied and"

@@ -17,6 +17,7 @@ from analytics.billing.sdk import BillingClient
 from analytics.normalize import Limits
 from analytics.pipeline.billing_dispatch import BillingDispatcher
 from analytics.pipeline.invalidation import Invalidator
+from analytics.pipeline.rollup_job import RollupJob
 from analytics.pipeline.writer import GroupCommitWriter
 from analytics.runtime.flags import Flags
 from analytics.runtime.offload import Offload
@@ -38,6 +39,7 @@ class Services:
     settings: Settings
     pool: asyncpg.Pool
     writer: GroupCommitWriter
+    rollups: RollupJob
     offload: Offload
     keys: TtlCache[str, KeyInfo | None]
     invalidator: Invalidator
@@ -62,7 +64,6 @@ def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
         pool=pool,
         writer=GroupCommitWriter(
             direct,
-            settings.dimensions,
             inbox=settings.writer_inbox,
             inbox_rows=settings.writer_inbox_rows,
             max_batch_rows=settings.writer_max_batch_rows,
@@ -71,6 +72,12 @@ def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
             connections=settings.writer_connections,
             usage_window_s=settings.billing_window_s,
             enrich=functools.partial(flags.enabled, "enrichment"),
+        ),
+        rollups=RollupJob(
+            pool,
+            settings.dimensions,
+            interval_s=settings.rollup_interval_s,
+            timeout_s=settings.commit_timeout_s * 6,
         ),
         offload=offload,
         keys=TtlCache(

@@ -2,10 +2,11 @@
 
 Requests hand their Rust-encoded COPY payloads to `submit`, which puts them on a bounded
 inbox and waits. One writer task takes everything waiting (up to a row cap, lingering up to
-a short window for more), COPYs it into a temp staging table, runs one statement that dedups,
-inserts and rolls up, commits, and only then wakes each waiter with its own counts. A request
-is acknowledged only after its rows are committed; a failed commit fails every waiter of that
-transaction, and nothing of it was stored — except when PostgreSQL refuses the rows
+a short window for more), COPYs it into a temp staging table, runs one statement that dedups
+and inserts (the rollup job folds committed events into the rollups later), commits, and
+only then wakes each waiter with its own counts. A request is acknowledged only after its
+rows are committed; a failed commit fails every waiter of that transaction, and nothing of
+it was stored — except when PostgreSQL refuses the rows
 themselves: then the batch is split until the request carrying them is alone, and only that
 request is refused, so one tenant's unstorable event never fails another tenant's write.
 
@@ -84,7 +85,6 @@ class GroupCommitWriter:
     def __init__(
         self,
         connect: Connect,
-        dimensions: tuple[str, ...],
         *,
         inbox: int = 256,
         inbox_rows: int = 20_000,
@@ -97,7 +97,7 @@ class GroupCommitWriter:
     ) -> None:
         self._connect = connect
         # The `enrichment` flag picks between the two statements at each commit.
-        self._sql = {e: CommitStatements.build(dimensions, enrich=e) for e in (True, False)}
+        self._sql = {e: CommitStatements.build(enrich=e) for e in (True, False)}
         self._enrich = enrich
         self._send, self._receive = anyio.create_memory_object_stream[Ticket](inbox)
         self._max_rows = max_batch_rows

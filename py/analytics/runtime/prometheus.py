@@ -106,6 +106,12 @@ billing_outbox_pending = Gauge(
     "Usage windows not yet accepted by billing (outbox rows plus unsent dispatches)",
     multiprocess_mode="max",
 )
+rollup_folded = Counter(
+    "analytics_rollup_events_folded_total", "Committed events the rollup job folded"
+)
+rollup_fold_seconds = Histogram(
+    "analytics_rollup_fold_seconds", "Rollup job transaction latency", buckets=LATENCY_BUCKETS
+)
 billing_calls = Counter("analytics_billing_calls_total", "Calls to the billing SDK")
 billing_failures = Counter("analytics_billing_failures_total", "Failed billing SDK calls")
 

@@ -22,6 +22,8 @@ CUSTOMER_TABLES = (
     "events",
     "dedup",
     "rollup_minute",
+    "rollup_hour",
+    "rollup_pair_hour",
     "usage_outbox",
     "usage_dispatch",
     "api_keys",

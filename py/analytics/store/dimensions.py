@@ -44,16 +44,29 @@ def _ua_family(props: str) -> str:
     return f"(CASE {cases} END)"
 
 
-def dimension_expr(dim: str, props: str = "properties", *, enrich: bool = True) -> str:
+#: Set in an event's `flags` by the group commit when the `enrichment` flag was off as it was
+#: stored: its `browser` is then only what the event says (no family read from the user
+#: agent), however the flag stands when the rollup job or a query reads it. (The Rust
+#: normalizer's flags use the low bits.)
+UNENRICHED = 0x4000
+
+
+def dimension_expr(
+    dim: str, props: str = "properties", *, enrich: bool = True, flags: str | None = None
+) -> str:
     """SQL for a dimension's value of one event row.
 
     `referrer_host` is derived from the `referrer` URL; any other dimension is the flattened
     property of that name. With `enrich`, `browser` falls back to the family read from the
-    `user_agent` property when the event names no browser (the `enrichment` flag's work).
+    `user_agent` property when the event names no browser (the `enrichment` flag's work);
+    with `flags` (the SQL of the row's flags), only unless the row is marked `UNENRICHED`.
     """
     check_dimension(dim)
     if dim == "browser" and enrich:
-        value = f"coalesce({props}->>'browser', {props}->>'browser.name', {_ua_family(props)})"
+        named = f"coalesce({props}->>'browser', {props}->>'browser.name')"
+        value = f"coalesce({named}, {_ua_family(props)})"
+        if flags is not None:
+            value = f"(CASE WHEN {flags} & {UNENRICHED} = 0 THEN {value} ELSE {named} END)"
         return f"left({value}, {MAX_DIM_VALUE_CHARS})"
     if dim == "referrer_host":
         # scheme://[user@]host[:port][/?#...] -> host, with string functions (a regex per

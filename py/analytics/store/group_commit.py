@@ -1,7 +1,7 @@
 """The group-commit writer's database side: staging table, the one commit statement, and
 the transaction that runs them.
 
-The statement is built once from the configured dimensions (text only); `write_group` is
+The statement is built once (text only); `write_group` is
 the only database call of a commit: COPY into staging, then the statement, in one
 transaction. The writer (pipeline/writer.py) owns batching, lanes and their connections.
 """
@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from analytics.normalize import COPY_COLUMNS, COPY_SCHEMA, copy_columns
-from analytics.store.dimensions import dimension_expr
+from analytics.store.dimensions import UNENRICHED
 from analytics.store.notify import INVALIDATE
 
 #: Binary COPY file framing around the Rust tuples (which carry neither).
@@ -78,32 +78,28 @@ class CommitStatements:
     arrays: str
 
     @classmethod
-    def build(cls, dimensions: tuple[str, ...], *, enrich: bool = True) -> CommitStatements:
-        staged = commit_sql(dimensions, enrich=enrich)
+    def build(cls, *, enrich: bool = True) -> CommitStatements:
+        staged = commit_sql(enrich=enrich)
         arrays = staged.replace("WITH base AS (", f"WITH {_staging_from_arrays()}, base AS (", 1)
         assert arrays != staged
         return cls(staged, arrays)
 
 
-def commit_sql(dimensions: tuple[str, ...], *, enrich: bool = True) -> str:
-    """One statement: dedup, insert the new events, add rollup deltas, count per request.
+def commit_sql(*, enrich: bool = True) -> str:
+    """One statement: dedup, insert the new events, count per request. (The rollup job folds
+    the committed events into the rollups afterwards: store/rollups.py.)
 
     Parameters: $1 now (timestamptz), $2 request row offsets (bigint[], ascending, starting
     at 0), $3 the billing usage window (interval); in the arrays form (`CommitStatements`),
     $4.. the column arrays. Rows of one load come from requests in order (`ord`); a key seen
     twice in the load is kept for its first row only (the anti-join on `ord`, served by the
-    staging index). Rollups are upserted in key order
-    so concurrent writers (lanes, worker processes) lock rows in the same order and cannot
-    deadlock.
+    staging index). Dedup rows are inserted in key order, so concurrent writers (lanes,
+    worker processes) lock them in the same order and cannot deadlock.
     Returns (req, inserted) for each request that inserted at least one row, and a row with
     req -1 (the count of cache-invalidation notifications sent).
     """
-    dims = ",\n            ".join(
-        [
-            "('', '')",
-            *(f"('{d}', {dimension_expr(d, 'w.properties', enrich=enrich)})" for d in dimensions),
-        ]
-    )
+    # The enrichment flag as it stands at this commit, kept with the events (see UNENRICHED).
+    flags = "flags" if enrich else f"flags | {UNENRICHED}"
     return f"""
 WITH base AS (
     SELECT min(ord) AS ord FROM staging
@@ -126,20 +122,8 @@ WITH base AS (
     INSERT INTO events (customer_id, ts, name, dedup_key, event_id, received_at, user_id,
                         value, properties, flags)
     SELECT customer_id, ts, name, dedup_key, event_id, received_at, user_id, value,
-           properties, flags
+           properties, {flags}
     FROM winners
-), roll AS (
-    INSERT INTO rollup_minute AS r (customer_id, name, dim, dim_value, bucket, count, sum_value)
-    SELECT w.customer_id, w.name, d.dim, d.val, date_trunc('minute', w.ts, 'UTC'), count(*),
-           coalesce(sum(w.value), 0)
-    FROM winners w CROSS JOIN LATERAL (VALUES
-            {dims}
-        ) AS d(dim, val)
-    WHERE d.val IS NOT NULL
-    GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (customer_id, name, dim, dim_value, bucket) DO UPDATE
-        SET count = r.count + excluded.count, sum_value = r.sum_value + excluded.sum_value
 ), usage AS (
     -- Billing usage, in the same transaction as the events it counts (the outbox).
     INSERT INTO usage_outbox (customer_id, window_start, count)

@@ -1,4 +1,4 @@
-"""Retention of raw events: whole monthly partitions dropped, their minute rollups deleted.
+"""Retention of raw events: whole monthly partitions dropped, their rollups deleted.
 
 Old events go a partition at a time (DETACH, then DROP: no row-by-row delete, no bloat), and
 only partitions lying entirely before the cutoff. Detaching takes an ACCESS EXCLUSIVE lock on
@@ -28,6 +28,7 @@ import asyncpg
 
 from analytics.store.notify import INVALIDATE
 from analytics.store.partitions import LOCK_KEY
+from analytics.store.rollups import ROLLUP_TABLES, RollupTable
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +45,48 @@ WHERE i.inhparent = 'events'::regclass AND b.bounds IS NOT NULL
 ORDER BY 3
 """
 
-# The smallest possible primary key: where the walk starts.
-_FIRST_KEY = (-(2**63), "", "", "", datetime.min.replace(tzinfo=UTC))
 
-_DELETE_ROLLUPS_SQL = f"""
+def _first_key(table: RollupTable) -> tuple[object, ...]:
+    """The smallest possible primary key of `table`: where the walk starts."""
+    return (-(2**63), *[""] * (len(table.key) - 2), datetime.min.replace(tzinfo=UTC))
+
+
+def _delete_rollups_sql(table: RollupTable) -> str:
+    """One batch: the next `$n+3` rows of `table` after key ($1..$n) with buckets in
+    [$n+1, $n+2), deleted; returns how many and the last key (NULLs when none was left)."""
+    key = ", ".join(table.key)
+    after = ", ".join(f"${i + 1}" for i in range(len(table.key)))
+    n = len(table.key)
+    start, end, limit = f"${n + 1}", f"${n + 2}", f"${n + 3}"
+    match = ", ".join(f"r.{c}" for c in table.key)
+    desc = ", ".join(f"{c} DESC" for c in table.key)
+    return f"""
 WITH batch AS (
-    SELECT customer_id, name, dim, dim_value, bucket FROM rollup_minute
-    WHERE (customer_id, name, dim, dim_value, bucket) > ($1, $2, $3, $4, $5)
-      AND bucket >= $6 AND bucket < $7
-    ORDER BY customer_id, name, dim, dim_value, bucket
-    LIMIT $8
+    SELECT {key} FROM {table.name}
+    WHERE ({key}) > ({after}) AND bucket >= {start} AND bucket < {end}
+    ORDER BY {key}
+    LIMIT {limit}
 ), gone AS (
-    DELETE FROM rollup_minute r USING batch b
-    WHERE (r.customer_id, r.name, r.dim, r.dim_value, r.bucket)
-        = (b.customer_id, b.name, b.dim, b.dim_value, b.bucket)
+    DELETE FROM {table.name} r USING batch b
+    WHERE ({match}) = ({", ".join(f"b.{c}" for c in table.key)})
     RETURNING r.customer_id, r.name
 ), notified AS (
     -- The query caches drop what they hold of these events in the range.
     SELECT pg_notify('{INVALIDATE}', json_build_array(
                customer_id, name,
-               (extract(epoch FROM $6::timestamptz) * 1e6)::bigint,
-               (extract(epoch FROM $7::timestamptz) * 1e6)::bigint)::text)
+               (extract(epoch FROM {start}::timestamptz) * 1e6)::bigint,
+               (extract(epoch FROM {end}::timestamptz) * 1e6)::bigint)::text)
     FROM (SELECT DISTINCT customer_id, name FROM gone) AS n
 ), last AS (
-    SELECT * FROM batch ORDER BY customer_id DESC, name DESC, dim DESC, dim_value DESC,
-                                 bucket DESC LIMIT 1
+    SELECT * FROM batch ORDER BY {desc} LIMIT 1
 )
 SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM notified) AS notified,
-       l.customer_id, l.name, l.dim, l.dim_value, l.bucket
+       {", ".join(f"l.{c}" for c in table.key)}
 FROM (SELECT 1) AS one LEFT JOIN last l ON true
 """
+
+
+_DELETE_ROLLUPS = {t.name: _delete_rollups_sql(t) for t in ROLLUP_TABLES}
 
 
 @dataclass(frozen=True)
@@ -99,17 +112,20 @@ async def expired_partitions(conn: asyncpg.Connection, cutoff: datetime) -> list
 async def delete_rollups(
     pool: asyncpg.Pool | asyncpg.Connection, start: datetime, end: datetime, batch: int = 10_000
 ) -> int:
-    """Delete the minute rollups of buckets in `[start, end)`, `batch` rows per transaction;
-    returns how many. Each batch notifies the query caches of the events it touched."""
+    """Delete the rollups (every table) of buckets in `[start, end)`, `batch` rows per
+    transaction; returns how many. Each batch notifies the query caches of the events it
+    touched."""
     deleted = 0
-    key: tuple[object, ...] = _FIRST_KEY
-    while True:
-        row = await pool.fetchrow(_DELETE_ROLLUPS_SQL, *key, start, end, batch)
-        deleted += row["deleted"]
-        if row["customer_id"] is None:
-            return deleted
-        key = (row["customer_id"], row["name"], row["dim"], row["dim_value"], row["bucket"])
-        await anyio.lowlevel.checkpoint()  # let other work in between batches
+    for table in ROLLUP_TABLES:
+        key = _first_key(table)
+        while True:
+            row = await pool.fetchrow(_DELETE_ROLLUPS[table.name], *key, start, end, batch)
+            deleted += row["deleted"]
+            if row["customer_id"] is None:
+                break
+            key = tuple(row[c] for c in table.key)
+            await anyio.lowlevel.checkpoint()  # let other work in between batches
+    return deleted
 
 
 async def drop_partition(

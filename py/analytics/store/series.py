@@ -1,20 +1,29 @@
 """SQL for `GET /v1/metrics`: rollups when they can answer, raw events when they cannot.
 
-Minute rollups hold count and sum per event name and per single dimension value, so they
-answer an unfiltered query, one grouped by a dimension, or one filtered on a single
-dimension (grouped by that same dimension or not). Everything else — several filters, a
-filter plus a different grouping, and unique users (which do not add up across buckets) —
-is computed from the raw events, whose index covers (customer, name, ts, user_id).
+The rollups (store/rollups.py) hold counts and sums per event name and minute or hour (day
+queries sum hours): per single dimension value, and per pair of values (hours). So they
+answer a query with no filter, one filter, or two, grouped by a dimension or not, as long as
+at most two dimensions are involved (pairs only for hour and day queries). Unique users
+(which do not add up across buckets or values) and everything else come from raw events,
+whose index covers (customer, name, ts, user_id).
+
+An answer from rollups is the rollups (every event below the rollup job's watermark) plus
+the raw events at or above the watermark, read in one snapshot: exact, and never staler than
+the last commit. Each row says where it came from (`Part`), because events without the
+grouped dimension are not in any group's rollup row: that group (`None`) is the total less
+the groups, bucket by bucket.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 import asyncpg
 
 from analytics.store.dimensions import dimension_expr
+from analytics.store.rollups import pair_table, single_table
 
 INTERVALS = ("minute", "hour", "day")
 AGGS = ("count", "sum", "unique_users")
@@ -32,55 +41,146 @@ class MetricsQuery:
     filters: tuple[tuple[str, str], ...] = ()
 
     @property
+    def dims(self) -> set[str]:
+        """The dimensions the query involves (filtered or grouped)."""
+        return {d for d, _ in self.filters} | ({self.group_by} if self.group_by else set())
+
+    @property
+    def none_group(self) -> bool:
+        """Whether the answer may hold events without the grouped dimension (group None):
+        grouped, and not by a filtered dimension."""
+        return self.group_by is not None and self.group_by not in dict(self.filters)
+
+    @property
     def uses_rollups(self) -> bool:
-        if self.agg == "unique_users" or len(self.filters) > 1:
+        if self.agg == "unique_users" or len({d for d, _ in self.filters}) < len(self.filters):
             return False
-        return not self.filters or self.group_by in (None, self.filters[0][0])
+        if len(self.dims) <= 1:
+            return True
+        return len(self.dims) == 2 and pair_table(self.interval) is not None
 
 
-def _rollup_sql(q: MetricsQuery) -> tuple[str, list[object]]:
-    dim = q.filters[0][0] if q.filters else (q.group_by or "")
-    args: list[object] = [q.customer_id, q.name, dim, q.start, q.end, q.interval]
-    where = ""
-    if q.filters:
-        args.append(q.filters[0][1])
-        where = f"AND dim_value = ${len(args)}"
-    group = "dim_value" if q.group_by else "NULL::text"
-    value = "sum(count)" if q.agg == "count" else "sum(sum_value)"
-    sql = f"""
-        SELECT date_trunc($6, bucket, 'UTC') AS b, {group} AS g, {value} AS v
-        FROM rollup_minute
-        WHERE customer_id = $1 AND name = $2 AND dim = $3 AND bucket >= $4 AND bucket < $5
-              {where}
+class Part(Enum):
+    #: A group's rollup rows (events below the watermark).
+    ROLLUP = "g"
+    #: The total of every event the query selects, from rollups: with `ROLLUP`, it gives the
+    #: group of events without the grouped dimension.
+    TOTAL = "t"
+    #: Raw events (above the watermark, or every one when rollups cannot answer); events
+    #: without the grouped dimension are in group None.
+    RAW = "r"
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    bucket: datetime
+    group: str | None
+    part: Part
+    #: Events counted.
+    count: int
+    #: The aggregate: count, sum of values, or unique users.
+    value: float
+
+
+class _Args:
+    def __init__(self) -> None:
+        self.values: list[object] = []
+
+    def __call__(self, value: object) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _single_sql(q: MetricsQuery, a: _Args, part: Part, dim: str, value: str | None) -> str:
+    grouped = part is Part.ROLLUP and q.group_by is not None
+    where = f" AND dim_value = {a(value)}" if value is not None else ""
+    group = "dim_value" if grouped and dim == q.group_by else "NULL::text"
+    return f"""
+        SELECT date_trunc({a(q.interval)}, bucket, 'UTC') AS b, {group} AS g,
+               '{part.value}' AS p, sum(count)::bigint AS n, sum(sum_value)::float8 AS v
+        FROM {single_table(q.interval)}
+        WHERE customer_id = {a(q.customer_id)} AND name = {a(q.name)} AND dim = {a(dim)}
+              AND bucket >= {a(q.start)} AND bucket < {a(q.end)}{where}
         GROUP BY 1, 2"""
-    return sql, args
 
 
-def _raw_sql(q: MetricsQuery) -> tuple[str, list[object]]:
-    args: list[object] = [q.customer_id, q.name, q.start, q.end, q.interval]
-    where = []
-    for dim, value in q.filters:
-        args.append(value)
-        where.append(f"AND {dimension_expr(dim)} = ${len(args)}")
-    group = dimension_expr(q.group_by) if q.group_by else "NULL::text"
+def _pair_sql(q: MetricsQuery, a: _Args) -> str:
+    """Two dimensions: a filter and a group-by, or two filters (grouped by one or not)."""
+    filters = dict(q.filters)
+    dim_a, dim_b = sorted(q.dims)
+    where = "".join(
+        f" AND value_{side} = {a(filters[dim])}"
+        for side, dim in (("a", dim_a), ("b", dim_b))
+        if dim in filters
+    )
+    group = "NULL::text"
+    if q.group_by is not None:
+        group = "value_a" if q.group_by == dim_a else "value_b"
+    return f"""
+        SELECT date_trunc({a(q.interval)}, bucket, 'UTC') AS b, {group} AS g,
+               '{Part.ROLLUP.value}' AS p, sum(count)::bigint AS n,
+               sum(sum_value)::float8 AS v
+        FROM {pair_table(q.interval)}
+        WHERE customer_id = {a(q.customer_id)} AND name = {a(q.name)}
+              AND dim_a = {a(dim_a)} AND dim_b = {a(dim_b)}
+              AND bucket >= {a(q.start)} AND bucket < {a(q.end)}{where}
+        GROUP BY 1, 2"""
+
+
+def _raw_sql(q: MetricsQuery, a: _Args, after: str | None) -> str:
+    """Raw events of the query; `after` (a parameter) limits them to those not folded."""
+    where = [f"AND {dimension_expr(d, flags='flags')} = {a(v)}" for d, v in q.filters]
+    if after is not None:
+        where.append(f"AND xid >= {after}::text::xid8")
+    group = dimension_expr(q.group_by, flags="flags") if q.group_by else "NULL::text"
     value = {
         "count": "count(*)",
         "sum": "coalesce(sum(value), 0)",
         "unique_users": "count(DISTINCT user_id)",
     }[q.agg]
-    having = f"HAVING {group} IS NOT NULL" if q.group_by else ""
-    sql = f"""
-        SELECT date_trunc($5, ts, 'UTC') AS b, {group} AS g, {value} AS v
+    return f"""
+        SELECT date_trunc({a(q.interval)}, ts, 'UTC') AS b, {group} AS g,
+               '{Part.RAW.value}' AS p, count(*) AS n, ({value})::float8 AS v
         FROM events
-        WHERE customer_id = $1 AND name = $2 AND ts >= $3 AND ts < $4 {" ".join(where)}
-        GROUP BY 1, 2 {having}"""
-    return sql, args
+        WHERE customer_id = {a(q.customer_id)} AND name = {a(q.name)}
+              AND ts >= {a(q.start)} AND ts < {a(q.end)} {" ".join(where)}
+        GROUP BY 1, 2"""
+
+
+def rollup_sql(q: MetricsQuery) -> tuple[str, list[object]]:
+    """The query over rollups and the raw events not folded; the first parameter is the
+    watermark (text, None here), which the caller reads in the same snapshot."""
+    a = _Args()
+    watermark = a(None)
+    filters = dict(q.filters)
+    parts = []
+    if len(q.dims) == 2:
+        parts.append(_pair_sql(q, a))
+    else:
+        dim = next(iter(q.dims), "")
+        parts.append(_single_sql(q, a, Part.ROLLUP, dim, filters.get(dim)))
+    if q.none_group:
+        # The total the groups are taken from: the filter's single rollup, or all events.
+        dim, value = next(iter(q.filters), ("", None))
+        parts.append(_single_sql(q, a, Part.TOTAL, dim, value))
+    parts.append(_raw_sql(q, a, watermark))
+    return " UNION ALL ".join(parts), a.values
 
 
 async def fetch_series(
-    conn: asyncpg.Connection | asyncpg.Pool, q: MetricsQuery, timeout_s: float
-) -> list[tuple[datetime, str | None, float]]:
-    """(bucket start, group or None, value) for every non-empty bucket of the query."""
-    sql, args = _rollup_sql(q) if q.uses_rollups else _raw_sql(q)
-    rows = await conn.fetch(sql, *args, timeout=timeout_s)
-    return [(r["b"], r["g"], r["v"]) for r in rows]
+    pool: asyncpg.Pool, q: MetricsQuery, timeout_s: float, *, rollups: bool = True
+) -> list[SeriesRow]:
+    """Every non-empty (bucket, group, part) of the query; from raw events only when
+    `rollups` is False (what the rollups must agree with)."""
+    async with pool.acquire(timeout=timeout_s) as conn:
+        if not (rollups and q.uses_rollups):
+            a = _Args()
+            rows = await conn.fetch(_raw_sql(q, a, None), *a.values, timeout=timeout_s)
+        else:
+            sql, args = rollup_sql(q)
+            # One snapshot for the watermark and the rows, so each event is read once: in
+            # the rollups or among the raw events after the watermark.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                args[0] = await conn.fetchval("SELECT watermark::text FROM rollup_state")
+                rows = await conn.fetch(sql, *args, timeout=timeout_s)
+    return [SeriesRow(r["b"], r["g"], Part(r["p"]), r["n"], r["v"]) for r in rows]

@@ -1,0 +1,215 @@
+"""Rollups, folded in bulk behind a watermark: the rollup job and its SQL.
+
+The group commit stores raw events only (each with the id of its transaction, `xid`); the
+job (`fold_committed`, run every fraction of a second by one process at a time) takes every
+event with `watermark <= xid < xmin`, where xmin is the oldest transaction still running
+(all below it have ended, so that range is final), adds them to every rollup table, and
+moves the watermark, in one transaction. Queries read the rollups plus the raw events at or
+above the watermark in one snapshot (store/series.py), so an acknowledged event is in the
+next answer whether the job has folded it or not.
+
+The tables (migration 0004), all counts and sums:
+- `rollup_minute`, `rollup_hour`: per (event name, dimension, value, bucket), one row per
+  configured dimension plus the total (`dim = ''`); day queries sum hours;
+- `rollup_pair_hour`: per pair of dimension values (`dim_a < dim_b`), for a filter together
+  with a group-by, or two filters (hour and day queries).
+
+Folding many events at once is what makes this cheap: a second of events lands in one row
+per (name, dimension value, minute), instead of one upsert per event and dimension at every
+commit. Erasure (store/erase.py) subtracts with the same SQL (`fold_sql(sign=-1)`), holding
+the job's lock so the watermark cannot move under it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import asyncpg
+
+from analytics.store.dimensions import dimension_expr
+
+#: Advisory lock held by the transaction folding events (and by an erasure): one at a time
+#: across every process and host.
+FOLD_LOCK = 0x726F6C6C7570  # "rollup"
+
+SINGLE_GRAINS = ("minute", "hour")
+PAIR_GRAINS = ("hour",)
+
+SINGLE_KEY = ("customer_id", "name", "dim", "dim_value", "bucket")
+PAIR_KEY = ("customer_id", "name", "dim_a", "dim_b", "value_a", "value_b", "bucket")
+
+
+@dataclass(frozen=True)
+class RollupTable:
+    name: str
+    grain: str
+    key: tuple[str, ...]
+
+    @property
+    def pair(self) -> bool:
+        return self.key is PAIR_KEY
+
+
+ROLLUP_TABLES = (
+    *(RollupTable(f"rollup_{g}", g, SINGLE_KEY) for g in SINGLE_GRAINS),
+    *(RollupTable(f"rollup_pair_{g}", g, PAIR_KEY) for g in PAIR_GRAINS),
+)
+
+
+def single_table(interval: str) -> str:
+    """The single-value rollup table answering `interval` (days from hours)."""
+    return f"rollup_{'minute' if interval == 'minute' else 'hour'}"
+
+
+def pair_table(interval: str) -> str | None:
+    """The pair rollup table answering `interval`; None for minutes (raw events do)."""
+    return None if interval == "minute" else "rollup_pair_hour"
+
+
+def pairs(dimensions: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Every pair of configured dimensions, each in its stored order (dim_a < dim_b)."""
+    return list(combinations(sorted(dimensions), 2))
+
+
+def tables_for(dimensions: tuple[str, ...]) -> tuple[RollupTable, ...]:
+    """The rollup tables a fold writes for these dimensions (no pairs below two)."""
+    return tuple(t for t in ROLLUP_TABLES if not t.pair or pairs(dimensions))
+
+
+def fold_sql(
+    dimensions: tuple[str, ...],
+    source: str,
+    *,
+    sign: int = 1,
+    before: tuple[str, ...] = (),
+    also: tuple[str, ...] = (),
+) -> str:
+    """Add (sign 1) or subtract (sign -1) the events of `source` to every rollup table.
+
+    `source` is the body of a CTE giving customer_id, name, ts, value, properties and flags
+    of the events to fold. Rollups are upserted in key order, so a fold and an erasure lock
+    rows in the same order. Returns one row: `events` (how many were folded) and, per table,
+    the rows left with a count of 0 or less as JSON (`emptied_<table>`, for the erasure to
+    delete; a fold adding events leaves none). `before` are CTEs the source may read, `also`
+    more result columns.
+    """
+    dims = sorted(dimensions)
+    column = {d: f"d{i}" for i, d in enumerate(dims)}
+    extracted = ", ".join(
+        f"{dimension_expr(d, 'e.properties', flags='e.flags')} AS {column[d]}" for d in dims
+    )
+    singles = ", ".join(["('', '')", *(f"('{d}', f.{column[d]})" for d in dims)])
+    pair_rows = ", ".join(
+        f"('{a}', '{b}', f.{column[a]}, f.{column[b]})" for a, b in pairs(dimensions)
+    )
+    n, s = ("count(*)", "coalesce(sum(f.value), 0)")
+    if sign < 0:
+        n, s = f"-{n}", f"-{s}"
+    ctes = [
+        *before,
+        f"src AS MATERIALIZED ({source})",
+        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted} "
+        "FROM src e)",
+        f"""s_minute AS MATERIALIZED (
+    SELECT f.customer_id, f.name, d.dim, d.val AS dim_value,
+           date_trunc('minute', f.ts, 'UTC') AS bucket, {n} AS n, {s} AS s
+    FROM fresh f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
+    WHERE d.val IS NOT NULL GROUP BY 1, 2, 3, 4, 5)""",
+    ]
+    for coarse in SINGLE_GRAINS[1:]:
+        ctes.append(
+            f"""s_{coarse} AS (
+    SELECT customer_id, name, dim, dim_value, date_trunc('{coarse}', bucket, 'UTC') AS bucket,
+           sum(n) AS n, sum(s) AS s
+    FROM s_minute GROUP BY 1, 2, 3, 4, 5)"""
+        )
+    if pair_rows:
+        ctes.append(
+            f"""p_hour AS MATERIALIZED (
+    SELECT f.customer_id, f.name, p.da AS dim_a, p.db AS dim_b, p.va AS value_a,
+           p.vb AS value_b, date_trunc('hour', f.ts, 'UTC') AS bucket, {n} AS n, {s} AS s
+    FROM fresh f CROSS JOIN LATERAL (VALUES {pair_rows}) AS p(da, db, va, vb)
+    WHERE p.va IS NOT NULL AND p.vb IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
+        )
+    results = ["(SELECT count(*) FROM src) AS events", *also]
+    for table in tables_for(dimensions):
+        delta = f"{'p' if table.pair else 's'}_{table.grain}"
+        key = ", ".join(table.key)
+        ctes.append(
+            f"""up_{table.name} AS (
+    INSERT INTO {table.name} AS r ({key}, count, sum_value)
+    SELECT {key}, n, s FROM {delta} ORDER BY {key}
+    ON CONFLICT ({key}) DO UPDATE
+        SET count = r.count + excluded.count, sum_value = r.sum_value + excluded.sum_value
+    RETURNING r.*)"""
+        )
+        results.append(
+            f"(SELECT coalesce(json_agg(u), '[]') FROM up_{table.name} u WHERE u.count <= 0)"
+            f" AS emptied_{table.name}"
+        )
+    return "WITH " + ",\n".join(ctes) + "\nSELECT " + ",\n       ".join(results)
+
+
+def delete_emptied_sql(table: RollupTable) -> str:
+    """Delete the rows of `table` listed in $1 (JSON, as `fold_sql` returns them) that are
+    still at a count of 0 or less. They stay locked by the fold until commit."""
+    match = " AND ".join(f"t.{c} = e.{c}" for c in table.key)
+    return (
+        f"DELETE FROM {table.name} t USING json_populate_recordset(NULL::{table.name}, "
+        f"$1::json) e WHERE {match} AND t.count <= 0"
+    )
+
+
+#: The watermark and the xmin of this statement's snapshot, as text (asyncpg has no codec
+#: for xid8); locking the state row serializes a fold with an erasure.
+_STATE_SQL = """
+SELECT watermark::text AS watermark, pg_snapshot_xmin(pg_current_snapshot())::text AS xmin
+FROM rollup_state FOR UPDATE
+"""
+
+_SOURCE = """SELECT customer_id, name, ts, value, properties, flags FROM events
+    WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8"""
+
+
+@dataclass(frozen=True)
+class Folded:
+    events: int
+    watermark: int
+
+
+class Folder:
+    """The rollup job's statement for a set of dimensions, built once."""
+
+    def __init__(self, dimensions: tuple[str, ...]) -> None:
+        self.sql = fold_sql(dimensions, _SOURCE)
+
+    async def fold(self, conn: asyncpg.Connection, timeout_s: float) -> Folded | None:
+        """Fold every event committed since the last fold; None when another process holds
+        the job's lock (it is folding)."""
+        async with conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK, timeout=timeout_s
+            )
+            if not locked:
+                return None
+            state = await conn.fetchrow(_STATE_SQL, timeout=timeout_s)
+            low, high = state["watermark"], state["xmin"]
+            if int(high) <= int(low):
+                return Folded(0, int(low))
+            row = await conn.fetchrow(self.sql, low, high, timeout=timeout_s)
+            await conn.execute(
+                "UPDATE rollup_state SET watermark = $1::text::xid8", high, timeout=timeout_s
+            )
+        return Folded(row["events"], int(high))
+
+
+async def watermark(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    return int(await conn.fetchval("SELECT watermark::text FROM rollup_state"))
+
+
+async def pending_events(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Events committed but not folded yet (the job's backlog)."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM events WHERE xid >= (SELECT watermark FROM rollup_state)"
+    )

@@ -1,0 +1,195 @@
+"""The rollup job and the queries over it: whatever the job has folded so far, every answer
+equals the one computed from the raw events alone, at every grain, for every query shape
+the rollups serve; the rollup tables equal what the raw events make; the groups of an answer
+add up to its total."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from analytics.api.groups import combine, rank
+from analytics.settings import DEFAULT_DIMENSIONS
+from analytics.store.rollups import Folder, pending_events
+from analytics.store.series import INTERVALS, MetricsQuery, fetch_series
+
+pytestmark = pytest.mark.anyio
+
+START = datetime(2026, 3, 2, tzinfo=UTC)
+DAYS = 3
+PATHS, COUNTRIES = ["/a", "/b", "/c"], ["DE", "US"]
+UAS = ["Mozilla/5.0 Firefox/120.0", "Mozilla/5.0 Chrome/120.0 Safari/537.36", None]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def pool(fresh_dsn):
+    pool = await asyncpg.create_pool(fresh_dsn, min_size=1, max_size=3)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "CREATE TABLE events_2026_03 PARTITION OF events"
+            " FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')"
+        )
+    yield pool
+    await pool.close()
+
+
+def random_events(rng: random.Random, n: int) -> list[tuple]:
+    rows = []
+    for i in range(n):
+        props: dict[str, object] = {}
+        if rng.random() < 0.8:  # some events lack a dimension: the None group
+            props["path"] = rng.choice(PATHS)
+        if rng.random() < 0.7:
+            props["country"] = rng.choice(COUNTRIES)
+        if ua := rng.choice(UAS):
+            props["user_agent"] = ua
+        if rng.random() < 0.3:
+            props["utm.source"] = rng.choice(["ads", "mail"])  # stored flattened
+        ts = START + timedelta(seconds=rng.randrange(DAYS * 86400))
+        value = rng.choice([None, 1.5, 2.0, -3.25])
+        name = rng.choice(["buy", "view"])
+        rows.append((1, ts, name, f"k{i}", ts, f"u{i % 7}", value, json.dumps(props), 0))
+    return rows
+
+
+async def store(pool: asyncpg.Pool, rows: list[tuple]) -> None:
+    await pool.executemany(
+        "INSERT INTO events (customer_id, ts, name, dedup_key, received_at, user_id, value,"
+        " properties, flags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)",
+        rows,
+    )
+
+
+def shapes() -> list[MetricsQuery]:
+    """Every shape rollups answer (and a few they do not), at each grain."""
+    groupings = [None, "path", "country", "browser"]
+    filter_sets = [(), (("country", "DE"),), (("path", "/a"),), (("country", "US"), ("path", "/b"))]
+    out = []
+    for interval, agg, group_by, filters in itertools.product(
+        INTERVALS, ("count", "sum"), groupings, filter_sets
+    ):
+        out.append(
+            MetricsQuery(
+                1, "buy", interval, START, START + timedelta(days=DAYS), agg, group_by, filters
+            )
+        )
+    return out
+
+
+def answer(rows, q: MetricsQuery) -> dict:
+    steps = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+    n = (q.end - q.start) // steps[q.interval]
+    times = [q.start + i * steps[q.interval] for i in range(n)]
+    return {
+        (g.group, g.other): [round(v, 9) for v in g.values(q.agg)]
+        for g in rank(combine(rows, times, q), 100, q.agg)
+    }
+
+
+async def check_every_shape(pool: asyncpg.Pool) -> int:
+    served = 0
+    for q in shapes():
+        got = answer(await fetch_series(pool, q, 30.0), q)
+        want = answer(await fetch_series(pool, q, 30.0, rollups=False), q)
+        assert got == want, q
+        served += q.uses_rollups
+    return served
+
+
+async def test_answers_equal_raw_events_however_far_the_job_has_folded(pool, fresh_dsn):
+    rng = random.Random(3)
+    folder = Folder(DEFAULT_DIMENSIONS)
+    await store(pool, random_events(rng, 400))
+    # Nothing folded: rollups are empty, raw events after the watermark answer.
+    assert await check_every_shape(pool) > 60
+    async with pool.acquire() as conn:
+        folded = await folder.fold(conn, 30.0)
+    assert folded is not None and folded.events == 400
+    assert await pending_events(pool) == 0
+    await check_every_shape(pool)
+    # Half folded: new events wait above the watermark while the old ones are in rollups.
+    await store(pool, random_events(rng, 300))
+    assert await pending_events(pool) == 300
+    await check_every_shape(pool)
+    async with pool.acquire() as conn:
+        assert (await folder.fold(conn, 30.0)).events == 300
+        assert (await folder.fold(conn, 30.0)).events == 0
+    await check_every_shape(pool)
+
+
+async def test_an_open_transaction_holds_the_watermark_back_and_nothing_is_lost(pool):
+    """Events of a transaction still open when the job folds are not folded (their xid is
+    above the snapshot's xmin), and are folded, once, by a later fold after they commit."""
+    rng = random.Random(5)
+    folder = Folder(DEFAULT_DIMENSIONS)
+    late = await pool.acquire()
+    try:
+        tx = late.transaction()
+        await tx.start()
+        await late.execute(
+            "INSERT INTO events (customer_id, ts, name, dedup_key, received_at, properties,"
+            " flags) VALUES (1, $1, 'buy', 'late', $1, '{\"path\": \"/a\"}', 0)",
+            START,
+        )
+        await store(pool, random_events(rng, 50))  # committed after the open one began
+        async with pool.acquire() as conn:
+            assert (await folder.fold(conn, 30.0)).events == 0  # xmin is the open one's xid
+        await tx.commit()
+    finally:
+        await pool.release(late)
+    async with pool.acquire() as conn:
+        assert (await folder.fold(conn, 30.0)).events == 51
+    await check_every_shape(pool)
+
+
+async def test_rollup_tables_equal_what_the_raw_events_make(pool):
+    await store(pool, random_events(random.Random(11), 500))
+    async with pool.acquire() as conn:
+        await Folder(DEFAULT_DIMENSIONS).fold(conn, 30.0)
+    for grain in ("minute", "hour"):
+        table = await pool.fetch(
+            f"SELECT name, dim_value, bucket, count FROM rollup_{grain}"
+            " WHERE dim = 'path' ORDER BY 1, 2, 3"
+        )
+        raw = await pool.fetch(
+            f"SELECT name, properties->>'path', date_trunc('{grain}', ts, 'UTC'), count(*)"
+            " FROM events WHERE properties ? 'path' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+        assert [tuple(r) for r in table] == [tuple(r) for r in raw]
+    pairs = await pool.fetch(
+        "SELECT name, value_a, value_b, bucket, count FROM rollup_pair_hour"
+        " WHERE dim_a = 'country' AND dim_b = 'path' ORDER BY 1, 2, 3, 4"
+    )
+    raw = await pool.fetch(
+        "SELECT name, properties->>'country', properties->>'path',"
+        " date_trunc('hour', ts, 'UTC'), count(*) FROM events"
+        " WHERE properties ? 'path' AND properties ? 'country'"
+        " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+    )
+    assert [tuple(r) for r in pairs] == [tuple(r) for r in raw]
+
+
+async def test_groups_add_up_to_the_total_with_none_and_other(pool):
+    await store(pool, random_events(random.Random(13), 300))
+    async with pool.acquire() as conn:
+        await Folder(DEFAULT_DIMENSIONS).fold(conn, 30.0)
+    end = START + timedelta(days=DAYS)
+    total_q = MetricsQuery(1, "buy", "day", START, end)
+    total = answer(await fetch_series(pool, total_q, 30.0), total_q)[(None, 0)]
+    grouped_q = MetricsQuery(1, "buy", "day", START, end, group_by="path")
+    rows = await fetch_series(pool, grouped_q, 30.0)
+    times = [START + timedelta(days=i) for i in range(DAYS)]
+    groups = rank(combine(rows, times, grouped_q), 2, "count")
+    assert [g.group for g in groups[:2]] and groups[-1].other == 2  # 4 groups: 2 kept, 2 folded
+    assert None in {g.group for g in combine(rows, times, grouped_q)}
+    assert [sum(col) for col in zip(*(g.counts for g in groups), strict=True)] == total
