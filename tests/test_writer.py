@@ -166,3 +166,15 @@ async def test_both_commit_forms_store_the_same(fresh_dsn, monkeypatch):
         assert ("v", "path", "/a", 1, 0.0) in rollups and ("v", "", "", 2, 2.5) in rollups
     finally:
         await conn.close()
+
+
+def test_the_writer_lingers_only_while_requests_arrive_fast_enough():
+    writer = GroupCommitWriter(lambda: None, window_s=0.005, linger_requests=8)  # type: ignore[arg-type]
+    assert writer.linger_s(0.0) == 0.0  # idle: commit at once
+    writer._rate, writer._rate_at = 100.0, 0.0  # 0.5 requests expected within 5 ms
+    assert writer.linger_s(0.0) == 0.0
+    writer._rate = 1_000.0  # 5 within the window: wait it out for more
+    assert writer.linger_s(0.0) == 0.005
+    writer._rate = 10_000.0  # 7 more arrive within 0.7 ms: no longer than that
+    assert writer.linger_s(0.0) == pytest.approx(0.0007)
+    assert writer.linger_s(10.0) == 0.0  # the rate decays once requests stop

@@ -78,8 +78,12 @@ class Settings:
     writer_inbox_rows: int = 20_000
     #: Most rows in one group commit.
     writer_max_batch_rows: int = 20_000
-    #: How long the writer waits for more requests before it commits, in seconds.
-    writer_window_s: float = 0.002
+    #: The longest the writer waits for more requests before it commits, in seconds. It waits
+    #: only while requests arrive fast enough to fill a commit (`writer_linger_requests`): an
+    #: idle writer commits at once.
+    writer_window_s: float = 0.005
+    #: Requests per commit the writer lingers for under load (see `writer_window_s`).
+    writer_linger_requests: int = 8
     #: Concurrent commit lanes, each on its own connection (one PostgreSQL backend each).
     writer_connections: int = 2
     #: Deadline of one group commit, in seconds.

@@ -183,13 +183,12 @@ async def _render(svc: Services, q: MetricsQuery, limit: int) -> bytes:
     rows = await fetch_series(svc.pool, q, svc.settings.command_timeout_s)
     step = STEP[q.interval]
     times = [q.start + i * step for i in range((q.end - q.start) // step)]
+    stamps = [_iso(t) for t in times]  # once, not once per group
     series = [
         {
             "group": g.group,
             **({"other": g.other} if g.other else {}),
-            "points": [
-                {"t": _iso(t), "value": v} for t, v in zip(times, g.values(q.agg), strict=True)
-            ],
+            "points": [{"t": t, "value": v} for t, v in zip(stamps, g.values(q.agg), strict=True)],
         }
         for g in rank(combine(rows, times, q), limit, q.agg)
     ]

@@ -68,6 +68,7 @@ def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
             inbox_rows=settings.writer_inbox_rows,
             max_batch_rows=settings.writer_max_batch_rows,
             window_s=settings.writer_window_s,
+            linger_requests=settings.writer_linger_requests,
             commit_timeout_s=settings.commit_timeout_s,
             connections=settings.writer_connections,
             usage_window_s=settings.billing_window_s,
