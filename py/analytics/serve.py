@@ -9,6 +9,7 @@ dies is replaced, and `serve` returns non-zero only when it had to give up.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -103,10 +104,10 @@ def _listen(config: Config, settings: Settings) -> Sockets:
 def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
     """Serve until SIGTERM/SIGINT (0 once the workers drained) or until workers keep dying
     (non-zero, see `analytics.workers`). Raises `ServeError` when it cannot start."""
-    if worker_class == "trio":
+    if worker_class == "trio" and importlib.util.find_spec("trio") is None:
         raise ServeError(
-            "the trio worker cannot serve this app yet (asyncpg runs only on asyncio):"
-            " use --worker-class uvloop (the default) or asyncio",
+            "the trio worker needs Trio: pip install 'analytics[trio]'"
+            " (or use --worker-class uvloop, the default, or asyncio)",
             exit_code=2,
         )
     configure_logging()
