@@ -9,7 +9,6 @@ dies is replaced, and `serve` returns non-zero only when it had to give up.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import sys
@@ -101,10 +100,18 @@ def _listen(config: Config, settings: Settings) -> Sockets:
     return sockets
 
 
+def _trio_installed() -> bool:
+    try:
+        import trio  # noqa: F401  (the optional extra `analytics[trio]`)
+    except ImportError:
+        return False
+    return True
+
+
 def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
     """Serve until SIGTERM/SIGINT (0 once the workers drained) or until workers keep dying
     (non-zero, see `analytics.workers`). Raises `ServeError` when it cannot start."""
-    if worker_class == "trio" and importlib.util.find_spec("trio") is None:
+    if worker_class == "trio" and not _trio_installed():
         raise ServeError(
             "the trio worker needs Trio: pip install 'analytics[trio]'"
             " (or use --worker-class uvloop, the default, or asyncio)",
