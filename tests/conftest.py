@@ -42,7 +42,8 @@ def no_blocking_calls(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def anyio_backend() -> str:
-    """Database tests run on asyncio only: asyncpg does not support trio."""
+    """Database tests run on asyncio unless a module asks for more (test_db_seam.py runs the
+    seam on trio too; the end-to-end suites run every backend as `analytics serve`)."""
     return "asyncio"
 
 

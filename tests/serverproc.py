@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx2 as httpx
 
 SERVE = [sys.executable, "-m", "analytics.cli", "serve"]
+#: Hypercorn's worker classes: the end-to-end suites run on each of them.
+BACKENDS = ["uvloop", "asyncio", "trio"]
 STUB = [sys.executable, "-m", "analytics.billing.stub"]
 
 
@@ -61,18 +63,20 @@ class Server:
 
 
 @contextmanager
-def running_server(dsn: str, *args: str, **env: str) -> Iterator[Server]:
-    """`analytics serve` on a free port against `dsn` (a fresh, unmigrated database gets the
-    demo keys printed at start-up, which the Server carries). Its data dir (Prometheus'
-    multiprocess files) is a temporary one unless `ANALYTICS_DATA_DIR` is given, so servers
-    of other tests (or other suites on the machine) never share it."""
+def running_server(
+    dsn: str, *args: str, command: list[str] = SERVE, **env: str
+) -> Iterator[Server]:
+    """`analytics serve` (or `command`) on a free port against `dsn` (a fresh, unmigrated
+    database gets the demo keys printed at start-up, which the Server carries). Its data dir
+    (Prometheus' multiprocess files) is a temporary one unless `ANALYTICS_DATA_DIR` is given,
+    so servers of other tests (or other suites on the machine) never share it."""
     port = free_port()
     data_dir = None
     if "ANALYTICS_DATA_DIR" not in env:
         data_dir = tempfile.mkdtemp(prefix="serve-")
         env = {**env, "ANALYTICS_DATA_DIR": data_dir}
     proc = subprocess.Popen(
-        [*SERVE, "--port", str(port), *args],
+        [*command, "--port", str(port), *args],
         env={**os.environ, "DATABASE_URL": dsn, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -347,7 +347,9 @@ def test_plan() -> None:
 
 def test_command_line() -> None:
     args = cli.build_parser().parse_args(["--quick", "--compare", "--worker-class", "asyncio"])
-    assert args.quick and args.compare and args.worker_class == "asyncio" and args.sign
+    assert args.quick and args.compare and args.worker_classes == ["asyncio"] and args.sign
+    backends = cli.build_parser().parse_args(["--worker-class", "uvloop,asyncio,trio"])
+    assert backends.worker_classes == ["uvloop", "asyncio", "trio"]
     assert cli.build_parser().parse_args(["--no-sign", "--rates", "ingest_batch=2,20"]).rates == [
         "ingest_batch=2,20"
     ]

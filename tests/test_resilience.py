@@ -15,7 +15,7 @@ import httpx2 as httpx
 import pytest
 
 from dbutil import fetch
-from serverproc import free_port, running_server, running_stub
+from serverproc import BACKENDS, free_port, running_server, running_stub
 
 
 def batch(prefix: str, n: int) -> bytes:
@@ -25,10 +25,11 @@ def batch(prefix: str, n: int) -> bytes:
     ).encode()
 
 
-def test_sigterm_mid_stream_loses_no_acknowledged_event(blank_dsn):
+@pytest.mark.parametrize("worker_class", BACKENDS)
+def test_sigterm_mid_stream_loses_no_acknowledged_event(blank_dsn, worker_class):
     acked: list[str] = []
     lock = threading.Lock()
-    with running_server(blank_dsn) as server:
+    with running_server(blank_dsn, "--worker-class", worker_class) as server:
         headers = {**server.headers("write"), "Content-Type": "application/json"}
         stop = threading.Event()
 
@@ -83,11 +84,13 @@ BILLING_FAST = {
 }
 
 
-def test_billing_outage_loses_nothing_and_counts_once(blank_dsn, tmp_path):
+@pytest.mark.parametrize("worker_class", BACKENDS)
+def test_billing_outage_loses_nothing_and_counts_once(blank_dsn, tmp_path, worker_class):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     state = str(tmp_path / "billing.json")
-    with running_server(blank_dsn, BILLING_URL=url, **BILLING_FAST) as server:
+    args = ("--worker-class", worker_class)
+    with running_server(blank_dsn, *args, BILLING_URL=url, **BILLING_FAST) as server:
         headers = {**server.headers("write"), "Content-Type": "application/json"}
 
         def send(prefix: str, n: int) -> None:
@@ -136,11 +139,14 @@ def test_slow_billing_never_slows_ingestion(blank_dsn):
 
 
 @pytest.mark.parametrize(
-    "cap",
-    [{"ANALYTICS_WRITER_INBOX": "1"}, {"ANALYTICS_WRITER_INBOX_ROWS": "5"}],
-    ids=["requests", "rows"],
+    ("cap", "worker_class"),
+    [
+        # The request cap on every backend; the row cap (the same code path) on the default.
+        *[pytest.param({"ANALYTICS_WRITER_INBOX": "1"}, b, id=f"requests-{b}") for b in BACKENDS],
+        pytest.param({"ANALYTICS_WRITER_INBOX_ROWS": "5"}, "uvloop", id="rows-uvloop"),
+    ],
 )
-def test_full_writer_inbox_answers_503_at_once(blank_dsn, cap):
+def test_full_writer_inbox_answers_503_at_once(blank_dsn, cap, worker_class):
     env = {
         **cap,
         "ANALYTICS_WRITER_CONNECTIONS": "1",
@@ -148,7 +154,7 @@ def test_full_writer_inbox_answers_503_at_once(blank_dsn, cap):
         "ANALYTICS_COMMIT_TIMEOUT_S": "30",
         "ANALYTICS_REQUEST_TIMEOUT_S": "30",
     }
-    with running_server(blank_dsn, **env) as server:
+    with running_server(blank_dsn, "--worker-class", worker_class, **env) as server:
         headers = {**server.headers("write"), "Content-Type": "application/json"}
 
         async def hold_dedup_lock(locked: threading.Event, release: threading.Event):

@@ -37,9 +37,20 @@ def test_a_taken_port(blank_dsn):
     assert "--port" in result.stderr
 
 
-def test_an_unsupported_worker_class(blank_dsn):
-    result = serve("--worker-class", "trio", "--port", str(free_port()), DATABASE_URL=blank_dsn)
-    assert_one_clear_line(result, 2, "trio worker cannot serve this app yet")
+def test_the_trio_worker_without_trio_installed_says_how_to_get_it(blank_dsn, tmp_path):
+    # A `trio` package that fails to import stands for an install without the extra.
+    (tmp_path / "trio").mkdir()
+    (tmp_path / "trio" / "__init__.py").write_text("raise ImportError('No module named trio')")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    result = serve(
+        "--worker-class",
+        "trio",
+        "--port",
+        str(free_port()),
+        DATABASE_URL=blank_dsn,
+        PYTHONPATH=path,
+    )
+    assert_one_clear_line(result, 2, "pip install 'analytics[trio]'")
 
 
 def test_a_bad_setting():

@@ -12,7 +12,7 @@ import pytest
 from serverproc import running_server
 
 
-@pytest.mark.parametrize("worker_class", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("worker_class", ["uvloop", "asyncio", "trio"])
 def test_ingest_and_query_through_hypercorn(blank_dsn, worker_class):
     with running_server(blank_dsn, "--worker-class", worker_class) as server:
         write = {**server.headers("write"), "Content-Type": "application/json"}

@@ -36,6 +36,9 @@ EXAMPLES = (
 )
 
 
+WORKER_CLASSES = ("uvloop", "asyncio", "trio")
+
+
 def _csv(choices: Sequence[str]) -> Any:
     def parse(value: str) -> list[str]:
         items = [v.strip() for v in value.split(",") if v.strip()]
@@ -88,10 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--worker-class",
-        default="uvloop",
-        choices=["asyncio", "uvloop", "trio"],
+        dest="worker_classes",
+        default=["uvloop"],
+        type=_csv(WORKER_CLASSES),
         help="Hypercorn worker class of the service and the references (the case-study"
-        " variants run asyncio)",
+        " variants run asyncio); a list (uvloop,asyncio,trio) runs the same ladders on each,"
+        " one fresh stack per class, rows labelled mode@class",
     )
     p.add_argument("--batch", type=int, default=500, help="events per ingest_batch request")
     p.add_argument("--probes", type=int, default=20, help="freshness probes per step")
@@ -130,6 +135,10 @@ def run(opts: argparse.Namespace) -> int:
         opts.warmup = 2 if opts.quick else 3
     planned = plan(opts)
     modes, scenarios, rates = planned.modes, planned.scenarios, planned.rates
+    classes = opts.worker_classes
+    if len(classes) > 1 and set(modes) - {"service"}:
+        raise SystemExit("a list of worker classes runs the service only: add --modes service")
+    opts.worker_class = classes[0]
     server_cpus, opts.k6_cpus = cpu_plan(opts.workers)
     started = datetime.now(UTC)
     out_root = opts.out if opts.out.is_absolute() else ROOT / opts.out
@@ -145,7 +154,7 @@ def run(opts: argparse.Namespace) -> int:
         "duration_s": opts.duration,
         "quick": opts.quick,
         "workers": opts.workers,
-        "worker_class": opts.worker_class,
+        "worker_class": ",".join(classes),
         "stub_latency_ms": opts.stub_latency_ms,
         "batch": opts.batch,
         "sign": opts.sign,
@@ -168,7 +177,7 @@ def run(opts: argparse.Namespace) -> int:
     steps: list[Step] = []
     t0 = time.monotonic()
     try:
-        for mode in modes:
+        for opts.worker_class, mode in [(c, m) for c in classes for m in modes]:
             mine = planned.runs[mode]
             if not mine:
                 continue
@@ -176,8 +185,9 @@ def run(opts: argparse.Namespace) -> int:
             # service's workers on the service's cores.
             cpus = "0" if mode in BASELINES and server_cpus is not None else server_cpus
             stub = "" if mode in REFERENCES else " billing stub,"
-            print(f"[{mode:8s}] starting PostgreSQL,{stub} server ...", flush=True)
-            with Stack(mode, opts, ROOT, cpus) as stack:
+            label = mode if len(classes) == 1 else f"{mode}@{opts.worker_class}"
+            print(f"[{label:8s}] starting PostgreSQL,{stub} server ...", flush=True)
+            with Stack(mode, opts, ROOT, cpus, label=label) as stack:
                 if opts.warmup:
                     # Unrecorded: connection pools, prepared statements, caches.
                     first = next((s for s in mine if s != "burst"), "ingest_single")

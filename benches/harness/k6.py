@@ -55,7 +55,7 @@ def run_k6(
     """Offer `scenario` at `rate` for `duration_s` to `stack`; its summary JSON, plus the CPU
     seconds k6 used (`k6_cpu_s`). Appends k6's output to `out/k6.log`."""
     assert stack.keys is not None
-    summary = out / f"k6-{stack.mode}-{scenario}-{rate}.json"
+    summary = out / f"k6-{stack.label}-{scenario}-{rate}.json"
     pre_vus, max_vus = vus(scenario, rate, opts.max_vus)
     env = {
         **os.environ,
@@ -77,7 +77,7 @@ def run_k6(
     }
     cmd = pinned(opts.k6_cpus, [k6_binary(), "run", "--quiet", "--no-color", str(SCRIPT)])
     with open(out / "k6.log", "ab") as log:
-        log.write(f"\n== {stack.mode} {scenario} {rate}/s {duration_s}s\n".encode())
+        log.write(f"\n== {stack.label} {scenario} {rate}/s {duration_s}s\n".encode())
         log.flush()
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(

@@ -80,7 +80,7 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
     commits, rows_per_commit = commit_figures(before, after)
     cpu_ms_per_event, pg_ms_per_commit = cpu_costs(used, acked, commits)
     step = Step(
-        mode=stack.mode,
+        mode=stack.label,
         scenario=scenario,
         offered_rps=rate,
         duration_s=duration_s,

@@ -74,8 +74,17 @@ class Stack:
     """PostgreSQL, billing stub and server for `mode` (`service`, a case-study variant or a
     reference), the server on `server_cpus`. `port` and `keys` are set once entered."""
 
-    def __init__(self, mode: str, opts: argparse.Namespace, root: Path, server_cpus: str | None):
+    def __init__(
+        self,
+        mode: str,
+        opts: argparse.Namespace,
+        root: Path,
+        server_cpus: str | None,
+        label: str | None = None,
+    ):
         self.mode, self.opts, self.root, self.server_cpus = mode, opts, root, server_cpus
+        #: What its steps, logs and k6 files are called (`mode@class` when classes vary).
+        self.label = label or mode
         self.tmp = Path(tempfile.mkdtemp(prefix=f"loadtest-{mode}-"))
         self.db_started = False
         self.stub: billing_stub.StubProcess | None = None
@@ -197,7 +206,7 @@ class Stack:
         for log in self.tmp.glob("*.log"):
             with contextlib.suppress(OSError), open(log, "rb") as f:
                 f.seek(max(0, log.stat().st_size - limit))
-                (logs / "logs" / f"{self.mode}-{log.name}").write_bytes(f.read())
+                (logs / "logs" / f"{self.label}-{log.name}").write_bytes(f.read())
 
     def cpu_roots(self) -> dict[str, int | None]:
         """The processes whose CPU a step reports: the server and PostgreSQL's postmaster."""

@@ -100,13 +100,21 @@ def _listen(config: Config, settings: Settings) -> Sockets:
     return sockets
 
 
+def _trio_installed() -> bool:
+    try:
+        import trio  # noqa: F401  (the optional extra `analytics[trio]`)
+    except ImportError:
+        return False
+    return True
+
+
 def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
     """Serve until SIGTERM/SIGINT (0 once the workers drained) or until workers keep dying
     (non-zero, see `analytics.workers`). Raises `ServeError` when it cannot start."""
-    if worker_class == "trio":
+    if worker_class == "trio" and not _trio_installed():
         raise ServeError(
-            "the trio worker cannot serve this app yet (asyncpg runs only on asyncio):"
-            " use --worker-class uvloop (the default) or asyncio",
+            "the trio worker needs Trio: pip install 'analytics[trio]'"
+            " (or use --worker-class uvloop, the default, or asyncio)",
             exit_code=2,
         )
     configure_logging()

@@ -16,13 +16,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import asyncpg
 
 from analytics.billing.sdk import BillingClient, BillingError
 from analytics.runtime import prometheus
 from analytics.runtime.flags import Flags
 from analytics.runtime.offload import Offload
-from analytics.store import outbox
+from analytics.store import db, outbox
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 class BillingDispatcher:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: db.Pool,
         offload: Offload,
         client: Callable[[], BillingClient],
         flags: Flags,
@@ -83,7 +82,7 @@ class BillingDispatcher:
                 tg.start_soon(self._send_one, row, failures)
         return not failures
 
-    async def _send_one(self, row: asyncpg.Record, failures: list[BaseException]) -> None:
+    async def _send_one(self, row: db.Record, failures: list[BaseException]) -> None:
         try:
             await self.send(row)
         except (BillingError, TimeoutError, OSError) as e:
@@ -108,7 +107,7 @@ class BillingDispatcher:
                 parked=parked,
             )
 
-    async def send(self, row: asyncpg.Record) -> None:
+    async def send(self, row: db.Record) -> None:
         if self._client is None:
             self._client = self._client_factory()
         client = self._client

@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 
 import anyio
-import asyncpg
 from anyio.abc import TaskStatus
 
 from analytics.runtime.flags import Flags
+from analytics.store import db
 from analytics.store.flag_overrides import load_overrides
 from analytics.store.notify import FLAGS, Connect, listen
 
@@ -21,7 +21,7 @@ from analytics.store.notify import FLAGS, Connect, listen
 async def follow_flags(
     flags: Flags,
     listen_connect: Connect,
-    pool: asyncpg.Pool,
+    pool: db.Pool,
     *,
     refresh_s: float = 30.0,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,

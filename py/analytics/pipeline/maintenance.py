@@ -16,9 +16,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import asyncpg
 
-from analytics.store import dedup
+from analytics.store import db, dedup
 from analytics.store.partitions import ensure_partitions
 from analytics.store.retention import delete_rollups, drop_partition, expired_partitions
 
@@ -29,7 +28,7 @@ MIN_DEDUP_RETENTION = timedelta(days=7)
 
 
 async def sweep_dedup(
-    pool: asyncpg.Pool, now: datetime, retention: timedelta, batch: int = 10_000
+    pool: db.Pool, now: datetime, retention: timedelta, batch: int = 10_000
 ) -> int:
     """Delete dedup records first seen before `now - retention`; returns how many."""
     if retention < MIN_DEDUP_RETENTION:
@@ -38,7 +37,7 @@ async def sweep_dedup(
 
 
 async def apply_retention(
-    pool: asyncpg.Pool, now: datetime, keep: timedelta, batch: int = 10_000
+    pool: db.Pool, now: datetime, keep: timedelta, batch: int = 10_000
 ) -> list[str]:
     """Drop the monthly partitions of `events` lying entirely before `now - keep`, oldest
     first, each after deleting the rollups of its range; returns the names dropped. A
@@ -67,7 +66,7 @@ def _months_back(now: datetime, keep: timedelta) -> int:
 
 
 async def run_maintenance(
-    pool: asyncpg.Pool,
+    pool: db.Pool,
     retention: timedelta,
     every_s: float = 3600.0,
     *,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import asyncpg
-
 from analytics.billing.sdk import BillingClient
 from analytics.normalize import Limits
 from analytics.pipeline.billing_dispatch import BillingDispatcher
@@ -26,6 +24,7 @@ from analytics.runtime.ratelimit import TokenBuckets
 from analytics.runtime.ttlcache import TtlCache
 from analytics.runtime.watchdog import LoopWatchdog
 from analytics.settings import Settings
+from analytics.store import db
 from analytics.store.keys import KeyInfo, lookup_key
 from analytics.store.notify import notify
 from analytics.store.pool import connect
@@ -37,7 +36,7 @@ BILLING_RETRIES = 2
 @dataclass
 class Services:
     settings: Settings
-    pool: asyncpg.Pool
+    pool: db.Pool
     writer: GroupCommitWriter
     rollups: RollupJob
     offload: Offload
@@ -52,7 +51,7 @@ class Services:
     watchdog: LoopWatchdog | None = None
 
 
-def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
+def build_services(settings: Settings, pool: db.Pool) -> Services:
     """Every component of one worker, configured from `settings`, none started yet."""
     direct = functools.partial(connect, settings.database_url, settings)
     offload = Offload(

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import asyncpg
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from analytics.runtime import prometheus
+from analytics.store import db
 from analytics.store.group_commit import (
     CommitStatements,
     RowsRefused,
@@ -80,7 +80,7 @@ class Ticket:
     error: BaseException | None = None
 
 
-Connect = Callable[[], Awaitable[asyncpg.Connection]]
+Connect = Callable[[], Awaitable[db.Connection]]
 
 
 class GroupCommitWriter:
@@ -304,7 +304,7 @@ class GroupCommitWriter:
             ticket.done.set()
 
     async def _write(
-        self, conn: asyncpg.Connection, batch: list[Ticket], offsets: list[int]
+        self, conn: db.Connection, batch: list[Ticket], offsets: list[int]
     ) -> list[tuple[int, int]]:
         payloads, rows = [t.payload for t in batch], sum(t.rows for t in batch)
         statements = self._sql[self._enrich()]
@@ -318,9 +318,9 @@ class _Lane:
 
     def __init__(self, connect: Connect) -> None:
         self._connect = connect
-        self._conn: asyncpg.Connection | None = None
+        self._conn: db.Connection | None = None
 
-    async def connection(self) -> asyncpg.Connection:
+    async def connection(self) -> db.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect()
             await prepare_connection(self._conn)

@@ -16,6 +16,8 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
+from analytics.store import db
+
 log = logging.getLogger(__name__)
 
 #: Commits announce the (customer, event, time range) they touched, for the query cache.
@@ -23,10 +25,10 @@ INVALIDATE = "analytics_invalidate"
 #: `analytics flags set` announces a changed flag.
 FLAGS = "analytics_flags"
 
-Connect = Callable[[], Awaitable[asyncpg.Connection]]
+Connect = Callable[[], Awaitable[db.Connection]]
 
 
-async def notify(db: asyncpg.Pool | asyncpg.Connection, channel: str, payload: str) -> None:
+async def notify(db: db.Pool | db.Connection, channel: str, payload: str) -> None:
     await db.execute("SELECT pg_notify($1, $2)", channel, payload)
 
 

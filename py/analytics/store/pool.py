@@ -1,4 +1,5 @@
-"""asyncpg connections configured from Settings.
+"""Pools and connections configured from Settings, opened through the seam (`store.db`:
+asyncpg's own objects on asyncio and uvloop, their Trio wrappers on Trio).
 
 Both functions apply `connect_timeout_s` to connecting, `command_timeout_s` as the default
 deadline of every statement, and `statement_cache_size` (set it to 0 behind PgBouncer in
@@ -13,6 +14,7 @@ import anyio
 import asyncpg
 
 from analytics.settings import Settings
+from analytics.store import db
 
 
 def _connect_kwargs(settings: Settings) -> dict[str, Any]:
@@ -36,12 +38,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool:
+async def create_pool(settings: Settings) -> db.Pool:
     """A pool on `settings.database_url` (which must be set: see `embedded.resolve_database`),
     sized `pool_min_size`..`pool_max_size`; the caller closes it."""
     if not settings.database_url:
         raise ValueError("settings.database_url is empty")
-    return await asyncpg.create_pool(
+    return await db.create_pool(
         settings.database_url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
@@ -50,13 +52,13 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
     )
 
 
-async def connect(dsn: str, settings: Settings) -> asyncpg.Connection:
+async def connect(dsn: str, settings: Settings) -> db.Connection:
     """One direct connection to `dsn` (e.g. `settings.listen_url` for LISTEN); the caller
     closes it."""
-    return await asyncpg.connect(dsn, **_connect_kwargs(settings))
+    return await db.connect(dsn, **_connect_kwargs(settings))
 
 
-async def ping(pool: asyncpg.Pool, timeout_s: float) -> bool:
+async def ping(pool: db.Pool, timeout_s: float) -> bool:
     """Whether the database answers a trivial query within `timeout_s` (connecting included)."""
     try:
         with anyio.fail_after(timeout_s):
