@@ -14,9 +14,9 @@ import logging
 import time
 
 import anyio
-import asyncpg
 
 from analytics.runtime import prometheus
+from analytics.store import db
 from analytics.store.rollups import Folded, Folder
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class RollupJob:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: db.Pool,
         dimensions: tuple[str, ...],
         *,
         interval_s: float = 0.5,
