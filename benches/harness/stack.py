@@ -7,7 +7,8 @@ serve`), a case-study variant (`benches.casestudy.serve`) or a reference
 (`benches.reference_apps.serve`, on the service's Hypercorn settings, worker class and
 worker count; it bills nothing, so no stub is started for it); leaving, even after a failed start,
 stops the server and the stub, keeps the end of each one's output under the run directory,
-stops PostgreSQL and removes the temporary directory. Every process runs in its own session
+stops PostgreSQL and removes the temporary directory (a `data_dir` given instead, as the
+query bench does to reuse a loaded database, is kept). Every process runs in its own session
 so that Ctrl-C reaches only the harness, which then stops them. Blocking throughout.
 """
 
@@ -74,9 +75,21 @@ class Stack:
     """PostgreSQL, billing stub and server for `mode` (`service`, a case-study variant or a
     reference), the server on `server_cpus`. `port` and `keys` are set once entered."""
 
-    def __init__(self, mode: str, opts: argparse.Namespace, root: Path, server_cpus: str | None):
+    def __init__(
+        self,
+        mode: str,
+        opts: argparse.Namespace,
+        root: Path,
+        server_cpus: str | None,
+        data_dir: Path | None = None,
+    ):
         self.mode, self.opts, self.root, self.server_cpus = mode, opts, root, server_cpus
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"loadtest-{mode}-"))
+        # A given `data_dir` (the query bench's, reused across runs) is kept on exit.
+        self.keep = data_dir is not None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = data_dir or Path(tempfile.mkdtemp(prefix=f"loadtest-{mode}-"))
+        self.dsn = ""
         self.db_started = False
         self.stub: billing_stub.StubProcess | None = None
         self.server: subprocess.Popen | None = None
@@ -96,7 +109,7 @@ class Stack:
         return self
 
     def _start(self) -> None:
-        dsn = start_embedded(self.tmp)
+        dsn = self.dsn = start_embedded(self.tmp)
         self.db_started = True
         self.keys = anyio.run(_prepare_database, dsn, self.opts.sign)
         env = {"DATABASE_URL": dsn}
@@ -186,7 +199,8 @@ class Stack:
         if self.db_started:
             with contextlib.suppress(Exception):
                 stop_embedded(self.tmp)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def keep_logs(self, limit: int = 256 * 1024) -> None:
         """The end of each process's output, into `<run dir>/logs/<mode>-<name>.log`."""
