@@ -1,7 +1,7 @@
 """The issue-11 dataset: a seeded, reproducible stream of events and their `POST /v1/batch`
 bodies.
 
-Event `i` is a pure function of (seed, anchor, spread, i): its own `random.Random` is seeded
+Batch `b` is a pure function of (seed, anchor, spread, b): its own `random.Random` is seeded
 from them, so any batch can be generated (and regenerated, for the oracle) without the ones
 before it, and two loads with the same seed and anchor send the same bytes. Shape (issue 11):
 4 event names, 50 paths, 20 countries, 4 UTM sources, 20,000 users; and, for the other
@@ -16,9 +16,11 @@ minute for current events). Every event has an `event_id`, so a retried batch co
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import NamedTuple
 
 import orjson
 
@@ -61,8 +63,7 @@ _CUM = {
 }
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One generated event, as the oracle reads it (the dimensions flattened)."""
 
     ts_ms: int
@@ -114,28 +115,39 @@ class Dataset:
     def batches(self) -> int:
         return -(-self.events // self.batch_size)
 
-    def event(self, i: int) -> Event:
-        rng = random.Random(self.seed * 1_000_000_007 + i)
-        pick = rng.choices
-        return Event(
-            ts_ms=self.anchor_ms - rng.randrange(self.spread_ms),
-            name=pick(NAMES, cum_weights=_CUM["name"])[0],
-            user_id=f"u{rng.randrange(USERS)}",
-            value=rng.randrange(1, 101),
-            path=pick(PATHS, cum_weights=_CUM["path"])[0],
-            country=pick(COUNTRIES, cum_weights=_CUM["country"])[0],
-            utm_source=pick(UTM_SOURCES, cum_weights=_CUM["utm.source"])[0],
-            referrer=REFERRERS[rng.randrange(len(REFERRERS))],
-            user_agent=USER_AGENTS[rng.randrange(len(USER_AGENTS))],
-        )
+    def batch(self, b: int) -> list[Event]:
+        """The events of batch `b` (one `random.Random` per batch: seeding one per event
+        cost more than the rest of the generation)."""
+        r = random.Random(self.seed * 1_000_000_007 + b).random
+        anchor, spread = self.anchor_ms, self.spread_ms
+
+        def pick(values: tuple[str, ...], dim: str) -> str:
+            cum = _CUM[dim]
+            return values[bisect_right(cum, r() * cum[-1])]
+
+        return [
+            Event(
+                ts_ms=anchor - int(r() * spread),
+                name=pick(NAMES, "name"),
+                user_id=f"u{int(r() * USERS)}",
+                value=1 + int(r() * 100),
+                path=pick(PATHS, "path"),
+                country=pick(COUNTRIES, "country"),
+                utm_source=pick(UTM_SOURCES, "utm.source"),
+                referrer=REFERRERS[int(r() * len(REFERRERS))],
+                user_agent=USER_AGENTS[int(r() * len(USER_AGENTS))],
+            )
+            for _ in self.batch_range(b)
+        ]
 
     def batch_range(self, b: int) -> range:
         return range(b * self.batch_size, min((b + 1) * self.batch_size, self.events))
 
     def batch_body(self, b: int) -> tuple[bytes, int]:
         """(the JSON body of batch `b`, its event count)."""
-        events = [self.event(i).body(f"{self.id_prefix}-{i}") for i in self.batch_range(b)]
+        ids = self.batch_range(b)
+        events = [e.body(f"{self.id_prefix}-{i}") for i, e in zip(ids, self.batch(b), strict=True)]
         return orjson.dumps({"events": events}), len(events)
 
     def __iter__(self) -> Iterator[Event]:
-        return (self.event(i) for i in range(self.events))
+        return (e for b in range(self.batches) for e in self.batch(b))
