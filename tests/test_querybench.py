@@ -104,3 +104,17 @@ def test_reuse_times_the_queries_again_without_loading(loaded):
     assert again["loads"] == first["loads"][:1]
     assert again["stored"] == EVENTS
     assert {s["check"] for s in again["shapes"]} == {"exact"}
+
+
+def test_a_loaded_data_dir_is_not_loaded_again(loaded):
+    tmp, data, _, _ = loaded
+    base = ["--out", str(tmp / "refused"), "--events", str(EVENTS), "--data-dir", str(data)]
+    for extra in ([], ["--reuse", "--seed", "2"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "benches.query", *base, *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0 and "holds the dataset" in proc.stderr, proc.stderr

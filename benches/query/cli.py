@@ -112,15 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         "shared with other work (figures vary between runs)",
         "loads": [],
     }
+    manifest_path = args.data_dir / MANIFEST if args.data_dir else None
+    wanted = {"events": args.events, "seed": args.seed, "days": args.days}
+    manifest = None
+    if manifest_path is not None and manifest_path.exists():
+        # Loading again into a loaded database would mix two datasets (or, with the same
+        # seed, store nothing new: the event ids are the same).
+        manifest = orjson.loads(manifest_path.read_bytes())
+        if manifest.get("load") is None:
+            raise SystemExit(f"{args.data_dir} holds an interrupted load: remove it first")
+        if not args.reuse or {k: manifest.get(k) for k in wanted} != wanted:
+            held = {k: manifest.get(k) for k in wanted}
+            raise SystemExit(
+                f"{args.data_dir} holds the dataset {held}: pass --reuse with the same "
+                "--events, --seed and --days, or use another --data-dir"
+            )
     with Stack("service", args, ROOT, server_cpus, data_dir=args.data_dir) as stack:
         assert stack.keys is not None
-        manifest_path = args.data_dir / MANIFEST if args.data_dir else None
-        wanted = {"events": args.events, "seed": args.seed, "days": args.days}
-        manifest = None
-        if args.reuse and manifest_path is not None and manifest_path.exists():
-            manifest = orjson.loads(manifest_path.read_bytes())
-            if {k: manifest.get(k) for k in wanted} != wanted:
-                manifest = None
         anchor = manifest["anchor_ms"] if manifest else args.anchor_ms or time.time_ns() // 10**6
         dataset = Dataset(args.events, args.seed, anchor, int(args.days * DAY_MS), args.batch_size)
         if manifest:
@@ -128,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             meta["loads"] = [manifest["load"]]
         else:
             print(f"loading {args.events:,} events spread over {args.days:g} days", flush=True)
+            if manifest_path is not None:
+                manifest_path.write_bytes(
+                    orjson.dumps({**wanted, "anchor_ms": anchor, "load": None})
+                )
             backfill = load(
                 stack.port, stack.keys.write.key, dataset, label="backfill",
                 connections=args.connections,

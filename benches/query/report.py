@@ -40,8 +40,8 @@ def markdown(meta: dict, runs: list[ShapeRun], checks: dict[str, str | None] | N
     lines += [
         "",
         "| query (`GET /v1/metrics`) | points | cold p50 ms | cold p95 ms | cold max ms "
-        "| cold errors | warm p50 ms | warm p95 ms | warm max ms | answer |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cold errors | warm p50 ms | warm p95 ms | warm max ms | warm errors | answer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         cold, warm = r.cold.summary(), r.warm.summary()
@@ -55,7 +55,7 @@ def markdown(meta: dict, runs: list[ShapeRun], checks: dict[str, str | None] | N
             f"| {r.shape.title} | {r.points:,} | {_cell(cold, 'p50_ms')} | "
             f"{_cell(cold, 'p95_ms')} | {_cell(cold, 'max_ms')} | {_errors(cold)} | "
             f"{_cell(warm, 'p50_ms')} | {_cell(warm, 'p95_ms')} | {_cell(warm, 'max_ms')} | "
-            f"{verdict} |"
+            f"{_errors(warm)} | {verdict} |"
         )
     wrong = {k: v for k, v in (checks or {}).items() if v}
     if wrong:
