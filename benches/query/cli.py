@@ -4,8 +4,9 @@ One run: start the stack (the load harness's `Stack`: embedded PostgreSQL under 
 dir, the billing stub, `analytics serve` pinned to core 0; this process pins itself to the
 last core, like k6), load the dataset unless `--reuse` finds it already loaded there, with
 `--compare-current N` also load N current events (to a second customer, so the queries do
-not see them) for the backfill/current ratio, count what was stored, time every query shape
-cold and warm, check the answers against the oracle, and write
+not see them) for the backfill/current ratio, after each load wait until the rollup job has
+folded every event (the queries are timed on caught-up rollups), count what was stored,
+time every query shape cold and warm, check the answers against the oracle, and write
 `<out>/query-<UTC timestamp>/results.md` and `results.json`. Exit 1 when an answer is wrong
 or an event is missing.
 """
@@ -24,6 +25,7 @@ import asyncpg
 import orjson
 
 from analytics.store.bootstrap import customer_with_keys
+from analytics.store.rollups import pending_events
 from benches.harness.cpu import cpu_plan
 from benches.harness.stack import ROOT, Stack
 from benches.query import bench, oracle, report
@@ -88,6 +90,20 @@ async def _stored(dsn: str, customer_id: int) -> int:
         await conn.close()
 
 
+async def _wait_folded(dsn: str, timeout_s: float = 3600) -> float:
+    """Seconds until the rollup job has folded every committed event."""
+    started = time.monotonic()
+    conn = await asyncpg.connect(dsn)
+    try:
+        while await pending_events(conn):
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"the rollups did not catch up in {timeout_s} s")
+            await anyio.sleep(0.25)
+    finally:
+        await conn.close()
+    return time.monotonic() - started
+
+
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
@@ -144,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack.port, stack.keys.write.key, dataset, label="backfill",
                 connections=args.connections,
             )  # fmt: skip
+            backfill.folded_s = backfill.seconds + anyio.run(_wait_folded, stack.dsn)
             meta["loads"] = [backfill.as_dict()]
             if manifest_path is not None:
                 manifest_path.write_bytes(
@@ -159,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             result = load(
                 stack.port, keys.write.key, current, label="current", connections=args.connections
             )
+            result.folded_s = result.seconds + anyio.run(_wait_folded, stack.dsn)
             meta["loads"].append(result.as_dict())
             meta["backfill_share"] = meta["loads"][0]["events_per_s"] / result.events_per_s
         meta["stored"] = anyio.run(_stored, stack.dsn, stack.keys.customer_id)

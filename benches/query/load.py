@@ -1,5 +1,9 @@
 """Loading a dataset through the real write path: `POST /v1/batch` from a few connections.
 
+Two rates: acknowledged (the events/s the write path commits; what a producer sees), and
+folded (the events/s until the rollup job, off the ack path, has added them all to the
+rollups: queries stay exact meanwhile, reading the unfolded events raw, but slower).
+
 `connections` threads each keep one keep-alive connection (the harness's stdlib client) and
 take the next batch number from a shared counter, generate its body and post it. A batch is
 acknowledged by a 200 (`accepted` + `duplicates` = its size); a 503 (writer full) or 504
@@ -42,6 +46,9 @@ class LoadResult:
     seconds: float = 0.0
     connections: int = 0
     retries: Counter = field(default_factory=Counter)
+    #: Seconds from the first send until the rollup job had folded every event (None: not
+    #: waited for).
+    folded_s: float | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -57,6 +64,8 @@ class LoadResult:
             "events_per_s": round(self.events_per_s, 1),
             "connections": self.connections,
             "retries": {str(k): v for k, v in self.retries.items()},
+            "folded_s": None if self.folded_s is None else round(self.folded_s, 3),
+            "folded_events_per_s": round(self.events / self.folded_s, 1) if self.folded_s else None,
         }
 
 

@@ -30,6 +30,12 @@ def markdown(meta: dict, runs: list[ShapeRun], checks: dict[str, str | None] | N
             f"- load `{load['label']}`: {load['events']:,} events in {load['seconds']:,.1f} s = "
             f"**{load['events_per_s']:,.0f} events/s** ({load['connections']} connections, "
             f"batches of {meta['dataset']['batch_size']}; retries {load['retries'] or 0})"
+            + (
+                f"; all folded into the rollups after {load['folded_s']:,.1f} s = "
+                f"{load['folded_events_per_s']:,.0f} events/s"
+                if load.get("folded_s")
+                else ""
+            )
         )
     if meta.get("backfill_share") is not None:
         lines.append(
