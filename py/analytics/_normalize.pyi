@@ -9,6 +9,7 @@ order.
 `flags` bits: TS_CLAMPED, TS_SKEW_CORRECTED, TS_DEFAULTED, DEDUP_FINGERPRINT.
 """
 
+from collections.abc import Sequence
 from typing import Final
 
 TS_CLAMPED: Final[int]
@@ -121,3 +122,26 @@ def copy_columns(data: bytes) -> tuple[list[object], ...]:
 
 def normalize_event_name(name: str) -> str:
     """A name as ingestion stores it (trimmed, collapsed, lowercased); ValueError if invalid."""
+
+HLL_DEFAULT_PRECISION: Final[int]
+"""The precision `hll_build` uses when none is given: 12 (4,096 registers, 1.625 %)."""
+
+HLL_VERSION: Final[int]
+"""The version of the sketches' byte format (their first byte)."""
+
+def hll_build(user_ids: Sequence[str], precision: int = 12) -> bytes:
+    """The HyperLogLog sketch of `user_ids` (XXH3-64 of their UTF-8 bytes) at `precision`
+    (4..=18): sparse (3 + 4 bytes per distinct register) while that is no larger than the
+    2^precision dense registers. ValueError for a precision out of range."""
+
+def hll_merge(sketches: Sequence[bytes]) -> bytes:
+    """The sketch of the union of `sketches` (at least one, all of one precision); byte for
+    byte the sketch `hll_build` makes of all their ids. ValueError for bytes that are not a
+    sketch, or mixed precisions."""
+
+def hll_estimate(sketch: bytes) -> float:
+    """The estimated number of distinct ids in `sketch` (Ertl's improved estimator, unbiased
+    over the whole range). ValueError for bytes that are not a sketch."""
+
+def hll_standard_error(precision: int = 12) -> float:
+    """The relative standard error of an estimate at `precision`: 1.04 / sqrt(2^precision)."""

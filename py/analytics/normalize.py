@@ -8,6 +8,13 @@ with their PostgreSQL types). `MAX_ABS_VALUE` is the largest `value` magnitude a
 
 Every function here but `copy_columns` runs its work with the GIL released, so large bodies
 may be handed to a worker thread and run in parallel with the event loop and with each other.
+
+The `hll_*` functions are HyperLogLog sketches of user ids (rust/normalize/src/hll.rs
+documents the byte format, version `HLL_VERSION`): `hll_build(ids, precision)` makes one,
+`hll_merge(sketches)` the sketch of their union, `hll_estimate(sketch)` the distinct count,
+within a relative standard error of `hll_standard_error(precision)` = 1.04 / sqrt(2^p)
+(1.625 % at the default precision 12). A sketch of a few ids is a few bytes (its sparse
+form), of many ids 2^p bytes.
 """
 
 from collections.abc import Mapping
@@ -17,6 +24,8 @@ from analytics._normalize import (
     COPY_SCHEMA,
     DEDUP_FINGERPRINT,
     ERROR_CODES,
+    HLL_DEFAULT_PRECISION,
+    HLL_VERSION,
     MAX_ABS_VALUE,
     TS_CLAMPED,
     TS_DEFAULTED,
@@ -26,6 +35,10 @@ from analytics._normalize import (
     NormalizeError,
     SignatureError,
     copy_columns,
+    hll_build,
+    hll_estimate,
+    hll_merge,
+    hll_standard_error,
     normalize_batch,
     normalize_event_name,
     sign,
@@ -44,6 +57,8 @@ __all__ = [
     "DEDUP_FINGERPRINT",
     "ERROR_CODES",
     "ERROR_STATUS",
+    "HLL_DEFAULT_PRECISION",
+    "HLL_VERSION",
     "MAX_ABS_VALUE",
     "TS_CLAMPED",
     "TS_DEFAULTED",
@@ -53,6 +68,10 @@ __all__ = [
     "NormalizedBatch",
     "SignatureError",
     "copy_columns",
+    "hll_build",
+    "hll_estimate",
+    "hll_merge",
+    "hll_standard_error",
     "normalize_batch",
     "normalize_event_name",
     "sign",

@@ -8,6 +8,7 @@ pub mod columns;
 pub mod copy;
 pub mod error;
 pub mod event;
+pub mod hll;
 pub mod json;
 pub mod limits;
 pub mod signature;

@@ -5,11 +5,11 @@
 
 use crate::columns::{self, Column};
 use crate::error::ErrorCode;
-use crate::{event, signature, Limits, Normalized};
+use crate::{event, hll, signature, Limits, Normalized};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedBytes;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 create_exception!(
@@ -157,6 +157,41 @@ fn copy_columns<'py>(py: Python<'py>, data: PyBackedBytes) -> PyResult<Bound<'py
     PyTuple::new(py, lists)
 }
 
+/// The HyperLogLog sketch (hll.rs, byte format version 1) of `user_ids` at `precision`.
+#[pyfunction]
+#[pyo3(signature = (user_ids, precision = hll::DEFAULT_P))]
+fn hll_build(py: Python<'_>, user_ids: Vec<PyBackedStr>, precision: u8) -> PyResult<Py<PyBytes>> {
+    let bytes = py
+        .detach(|| hll::Sketch::of(precision, user_ids.iter().map(|s| s.as_bytes())))
+        .map(|sketch| sketch.to_bytes())
+        .map_err(|e| PyValueError::new_err(e.0))?;
+    Ok(PyBytes::new(py, &bytes).unbind())
+}
+
+/// The merge of `sketches` (at least one, all of one precision): the sketch of the union.
+#[pyfunction]
+fn hll_merge(py: Python<'_>, sketches: Vec<PyBackedBytes>) -> PyResult<Py<PyBytes>> {
+    let bytes = py
+        .detach(|| hll::merge_bytes(&sketches))
+        .map_err(|e| PyValueError::new_err(e.0))?;
+    Ok(PyBytes::new(py, &bytes).unbind())
+}
+
+/// The estimated number of distinct ids in `sketch`.
+#[pyfunction]
+fn hll_estimate(py: Python<'_>, sketch: PyBackedBytes) -> PyResult<f64> {
+    py.detach(|| hll::Sketch::from_bytes(&sketch).map(|s| s.estimate()))
+        .map_err(|e| PyValueError::new_err(e.0))
+}
+
+/// The relative standard error of an estimate at `precision`: 1.04 / sqrt(2^precision).
+#[pyfunction]
+#[pyo3(signature = (precision = hll::DEFAULT_P))]
+fn hll_standard_error(precision: u8) -> PyResult<f64> {
+    hll::Sketch::empty(precision).map_err(|e| PyValueError::new_err(e.0))?;
+    Ok(hll::standard_error(precision))
+}
+
 #[pymodule]
 fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -169,6 +204,12 @@ fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_event_name, m)?)?;
     m.add_function(wrap_pyfunction!(copy_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(hll_build, m)?)?;
+    m.add_function(wrap_pyfunction!(hll_merge, m)?)?;
+    m.add_function(wrap_pyfunction!(hll_estimate, m)?)?;
+    m.add_function(wrap_pyfunction!(hll_standard_error, m)?)?;
+    m.add("HLL_DEFAULT_PRECISION", hll::DEFAULT_P)?;
+    m.add("HLL_VERSION", hll::VERSION)?;
     m.add("TS_CLAMPED", event::TS_CLAMPED)?;
     m.add("TS_SKEW_CORRECTED", event::TS_SKEW_CORRECTED)?;
     m.add("TS_DEFAULTED", event::TS_DEFAULTED)?;
