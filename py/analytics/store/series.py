@@ -136,7 +136,9 @@ def _raw_sql(q: MetricsQuery, a: _Args, after: str | None) -> str:
     value = {
         "count": "count(*)",
         "sum": "coalesce(sum(value), 0)",
-        "unique_users": "count(DISTINCT user_id)",
+        # An anonymous id linked to an identified user counts as that user (0006_identities).
+        "unique_users": "count(DISTINCT coalesce((SELECT i.user_id FROM identities i"
+        " WHERE i.customer_id = $1 AND i.anonymous_id = events.user_id), user_id))",
     }[q.agg]
     return f"""
         SELECT date_trunc({a(q.interval)}, ts, 'UTC') AS b, {group} AS g,
