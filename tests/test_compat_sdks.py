@@ -130,7 +130,7 @@ def test_posthog_sdk_events_are_stored_once_with_their_fields(server, pg_dsn):
     client.alias(previous_id="user-1", distinct_id="d1")
     # A feature-flag call goes to /flags, which this service does not serve: the SDK gets a
     # 404, answers None and keeps capturing.
-    assert client.get_feature_flag("beta", "d1") is None
+    assert client.evaluate_flags("d1").get_flag("beta") is None
     client.capture("Checkout", distinct_id="d2", properties=props, uuid=str(uuid.uuid4()))
     client.flush()
     client.shutdown()
