@@ -64,13 +64,14 @@ class Server:
 
 @contextmanager
 def running_server(
-    dsn: str, *args: str, command: list[str] = SERVE, **env: str
+    dsn: str, *args: str, command: list[str] = SERVE, port: int | None = None, **env: str
 ) -> Iterator[Server]:
     """`analytics serve` (or `command`) on a free port against `dsn` (a fresh, unmigrated
     database gets the demo keys printed at start-up, which the Server carries). Its data dir
     (Prometheus' multiprocess files) is a temporary one unless `ANALYTICS_DATA_DIR` is given,
-    so servers of other tests (or other suites on the machine) never share it."""
-    port = free_port()
+    so servers of other tests (or other suites on the machine) never share it. `port`
+    (default: a free one) lets a test start a server again where producers expect it."""
+    port = port or free_port()
     data_dir = None
     if "ANALYTICS_DATA_DIR" not in env:
         data_dir = tempfile.mkdtemp(prefix="serve-")

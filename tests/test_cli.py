@@ -248,6 +248,7 @@ def seed_rows(dsn: str, customer_id: int) -> None:
         "INSERT INTO events (customer_id, ts, name, dedup_key, received_at, properties, flags)"
         " VALUES ($1, now(), 'e', 'k', now(), '{}', 0)",
         "INSERT INTO dedup (customer_id, dedup_key, first_seen) VALUES ($1, 'k', now())",
+        "INSERT INTO identities VALUES ($1, 'anon', 'user', now())",
         *(
             f"INSERT INTO {t} VALUES ($1, 'e', '', '', date_trunc('minute', now()), 1, 0)"
             for t in ("rollup_minute", "rollup_hour")

@@ -84,6 +84,8 @@ class NormalizedBatch:
     rejected: list[tuple[int, str, str]]
     """(index, code, message) for each refused event, in index order."""
     copy_data: bytes
+    identities: list[tuple[str, str]]
+    """(anonymous id, user id) links the body made (only `normalize_compat` makes any)."""
 
 def normalize_batch(
     body: bytes,
@@ -103,6 +105,30 @@ def normalize_batch(
     returned for this body: events with neither `event_id` nor `ts` then get a dedup key
     from (signing time, SHA-256 of the body, index), so a replayed signed request counts once.
     """
+
+def normalize_compat(
+    body: bytes,
+    received_at_us: int,
+    *,
+    dialect: str,
+    customer_id: str = "",
+    content_encoding: str | None = None,
+    limits: Limits | None = None,
+) -> NormalizedBatch:
+    """`normalize_batch` for a body in Segment's or PostHog's format (`dialect`: `"segment"`
+    for `/v1/batch`, `"segment/<call>"` for one call, `"posthog"`): their fields mapped to
+    ours (rust/normalize/README.md, "Compatible formats"), then our rules. Raises
+    NormalizeError for a refused body, ValueError for an unknown dialect."""
+
+def compat_key(
+    body: bytes,
+    *,
+    dialect: str,
+    content_encoding: str | None = None,
+    limits: Limits | None = None,
+) -> str | None:
+    """The API key a body in `dialect` carries (Segment `writeKey`, PostHog `api_key` or
+    `token`), or None; raises NormalizeError for a body that cannot be framed."""
 
 def verify_signature(
     secret: bytes, header: str, body: bytes, now_s: int, tolerance_s: int = 300

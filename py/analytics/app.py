@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from analytics.api import ingest, ops, query
+from analytics.api import compat_posthog, compat_segment, ingest, ops, query
 from analytics.api.errors import EXCEPTION_HANDLERS
 from analytics.api.middleware import Deadline
 from analytics.api.observe import Observe
@@ -98,7 +98,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=[
             Route("/v1/events", ingest.ingest_event, methods=["POST"]),
-            Route("/v1/batch", ingest.ingest_batch, methods=["POST"]),
+            Route("/v1/batch", compat_segment.batch, methods=["POST"]),
+            *(
+                Route(f"/v1/{name}", compat_segment.call(name), methods=["POST"])
+                for name in compat_segment.CALLS
+            ),
+            *(Route(p, compat_posthog.capture, methods=["POST"]) for p in compat_posthog.PATHS),
             Route("/v1/metrics", query.get_metrics, methods=["GET"]),
             Route("/healthz", ops.healthz, methods=["GET"]),
             Route("/readyz", ops.readyz, methods=["GET"]),

@@ -31,6 +31,11 @@ async def authenticate(request: Request, keys: KeyCache, scope: str) -> KeyInfo:
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise ApiError(401, "missing_key", "send Authorization: Bearer <key>")
+    return await check_key(keys, key, scope)
+
+
+async def check_key(keys: KeyCache, key: str, scope: str) -> KeyInfo:
+    """`key`'s info if it is valid and holds `scope`; 401/403 otherwise (503 as above)."""
     if len(key) > 256:
         raise ApiError(401, "invalid_key", "unknown or revoked API key")
     with database_errors("key lookup"):

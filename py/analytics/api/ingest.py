@@ -18,7 +18,13 @@ from analytics.api.auth import authenticate, rate_limit
 from analytics.api.errors import ApiError, json_response
 from analytics.api.observe import timed
 from analytics.api.state import services_of
-from analytics.normalize import NormalizeError, SignatureError, normalize_batch, verify_signature
+from analytics.normalize import (
+    NormalizedBatch,
+    NormalizeError,
+    SignatureError,
+    normalize_batch,
+    verify_signature,
+)
 from analytics.pipeline.writer import Overloaded, Unstorable, WriteFailed
 from analytics.runtime import prometheus
 
@@ -42,7 +48,7 @@ def _media(request: Request, batch: bool) -> bool:
     raise ApiError(415, "unsupported_media_type", f"Content-Type must be {allowed}")
 
 
-def _encoding(request: Request) -> str:
+def encoding_of(request: Request) -> str:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         raise ApiError.of("unsupported_encoding", "Content-Encoding must be gzip or identity")
@@ -74,7 +80,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
         key = await authenticate(request, svc.keys, "write")
         rate_limit(svc.buckets, key)
     ndjson = _media(request, batch)
-    encoding = _encoding(request)
+    encoding = encoding_of(request)
     cap = settings.max_batch_body_bytes if batch else settings.max_event_body_bytes
     with timed(request, "read"):
         body = await read_body(request, cap)
@@ -115,14 +121,21 @@ async def _ingest(request: Request, batch: bool) -> Response:
             result = normalize() if inline else await svc.offload.run("cpu", normalize)
     except NormalizeError as e:
         raise ApiError(e.status, e.code, str(e.args[1])) from None
+    inserted, duplicates = await commit(request, result)
+    return json_response(answer(result, inserted, duplicates))
+
+
+async def commit(request: Request, result: NormalizedBatch) -> tuple[int, int]:
+    """Hands the accepted rows to the group-commit writer and waits for the commit: (newly
+    stored, duplicates). The writer's refusals become their API errors."""
     for _, code, _ in result.rejected:
         prometheus.rejections.labels(code).inc()
-
     inserted = duplicates = 0
     if result.accepted:
         try:
             with timed(request, "commit_wait"):
-                inserted, duplicates = await svc.writer.submit(result.copy_data, result.accepted)
+                writer = services_of(request).writer
+                inserted, duplicates = await writer.submit(result.copy_data, result.accepted)
         except Overloaded as e:
             raise ApiError(
                 503,
@@ -143,16 +156,18 @@ async def _ingest(request: Request, batch: bool) -> Response:
             ) from None
     prometheus.events_accepted.inc(inserted)
     prometheus.events_duplicate.inc(duplicates)
-    return json_response(
-        {
-            "accepted": inserted,
-            "duplicates": duplicates,
-            "rejected": [
-                {"index": i, "code": code, "message": message, "retryable": False}
-                for i, code, message in result.rejected
-            ],
-        }
-    )
+    return inserted, duplicates
+
+
+def answer(result: NormalizedBatch, inserted: int, duplicates: int) -> dict[str, object]:
+    return {
+        "accepted": inserted,
+        "duplicates": duplicates,
+        "rejected": [
+            {"index": i, "code": code, "message": message, "retryable": False}
+            for i, code, message in result.rejected
+        ],
+    }
 
 
 async def ingest_event(request: Request) -> Response:

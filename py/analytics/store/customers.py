@@ -21,6 +21,7 @@ from analytics.store.notify import INVALIDATE
 CUSTOMER_TABLES = (
     "events",
     "dedup",
+    "identities",
     "rollup_minute",
     "rollup_hour",
     "rollup_pair_hour",

@@ -68,6 +68,12 @@ def erase_sql(dimensions: tuple[str, ...]) -> str:
     )
 
 
+# The user's identity links go too (Segment identify/alias, PostHog $identify): both ways.
+_FORGET_LINKS_SQL = """
+DELETE FROM identities WHERE customer_id = $1 AND (user_id = $2 OR anonymous_id = $2)
+"""
+
+
 async def erase_user(
     conn: asyncpg.Connection, customer_id: int, user_id: str, dimensions: tuple[str, ...]
 ) -> Erased:
@@ -77,6 +83,7 @@ async def erase_user(
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", FOLD_LOCK)
         row = await conn.fetchrow(erase_sql(dimensions), customer_id, user_id)
+        await conn.execute(_FORGET_LINKS_SQL, customer_id, user_id)
         emptied = 0
         for table in tables_for(dimensions):
             rows = row[f"emptied_{table.name}"]

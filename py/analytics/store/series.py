@@ -133,11 +133,15 @@ def _raw_sql(q: MetricsQuery, a: _Args, after: str | None) -> str:
     if after is not None:
         where.append(f"AND xid >= {after}::text::xid8")
     group = dimension_expr(q.group_by, flags="flags") if q.group_by else "NULL::text"
-    value = {
-        "count": "count(*)",
-        "sum": "coalesce(sum(value), 0)",
-        "unique_users": "count(DISTINCT user_id)",
-    }[q.agg]
+    if q.agg == "unique_users":
+        # An anonymous id linked to an identified user counts as that user (0006_identities).
+        value = (
+            "count(DISTINCT coalesce((SELECT i.user_id FROM identities i"
+            f" WHERE i.customer_id = {a(q.customer_id)} AND i.anonymous_id = events.user_id),"
+            " user_id))"
+        )
+    else:
+        value = {"count": "count(*)", "sum": "coalesce(sum(value), 0)"}[q.agg]
     return f"""
         SELECT date_trunc({a(q.interval)}, ts, 'UTC') AS b, {group} AS g,
                '{Part.RAW.value}' AS p, count(*) AS n, ({value})::float8 AS v

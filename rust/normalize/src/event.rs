@@ -191,7 +191,7 @@ pub fn encode(
     Ok(())
 }
 
-fn first_duplicate<'k>(keys: impl Iterator<Item = &'k str>) -> Option<&'k str> {
+pub(crate) fn first_duplicate<'k>(keys: impl Iterator<Item = &'k str>) -> Option<&'k str> {
     let mut keys: Vec<&str> = keys.collect();
     keys.sort_unstable();
     keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
@@ -234,7 +234,7 @@ pub fn normalize_name(v: Option<&J>, limits: &Limits) -> Result<String, EventErr
 }
 
 /// An optional trimmed string (or, when `integers`, an integer written in decimal).
-fn bounded_text<'j>(
+pub(crate) fn bounded_text<'j>(
     v: Option<&'j J>,
     max_chars: usize,
     integers: bool,

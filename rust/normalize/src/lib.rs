@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod columns;
+pub mod compat;
 pub mod copy;
 pub mod error;
 pub mod event;

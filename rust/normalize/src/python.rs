@@ -5,7 +5,7 @@
 
 use crate::columns::{self, Column};
 use crate::error::ErrorCode;
-use crate::{event, hll, signature, Limits, Normalized};
+use crate::{compat, event, hll, signature, Limits, Normalized};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -50,6 +50,8 @@ pub struct NormalizedBatch {
     rejected: Vec<(usize, &'static str, String)>,
     #[pyo3(get)]
     copy_data: Py<PyBytes>,
+    #[pyo3(get)]
+    identities: Vec<(String, String)>,
 }
 
 #[pymethods]
@@ -104,7 +106,73 @@ fn normalize_batch(
             .map(|r| (r.index, r.code.as_str(), r.message))
             .collect(),
         copy_data: PyBytes::new(py, &copy_data).unbind(),
+        identities: Vec::new(),
     })
+}
+
+fn dialect(name: &str) -> PyResult<compat::Dialect> {
+    compat::Dialect::parse(name)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown dialect {name:?}")))
+}
+
+/// `normalize_batch` for a body in another product's format (`dialect`: `"segment"`,
+/// `"segment/<call>"` or `"posthog"`), with the GIL released; also returns the
+/// (anonymous id, user id) links the body made, in `identities`.
+#[pyfunction]
+#[pyo3(signature = (body, received_at_us, *, dialect, customer_id = "", content_encoding = None, limits = None))]
+fn normalize_compat(
+    py: Python<'_>,
+    body: PyBackedBytes,
+    received_at_us: i64,
+    dialect: &str,
+    customer_id: &str,
+    content_encoding: Option<&str>,
+    limits: Option<&Limits>,
+) -> PyResult<NormalizedBatch> {
+    let limits = limits.copied().unwrap_or_default();
+    let dialect = self::dialect(dialect)?;
+    let result = py.detach(|| {
+        compat::normalize(
+            &body,
+            received_at_us,
+            customer_id,
+            content_encoding,
+            dialect,
+            &limits,
+        )
+    });
+    let compat::Compat {
+        normalized,
+        identities,
+    } = result.map_err(|e| coded::<NormalizeError>(py, e.code, &e.message))?;
+    Ok(NormalizedBatch {
+        accepted: normalized.accepted,
+        total: normalized.total,
+        rejected: normalized
+            .rejected
+            .into_iter()
+            .map(|r| (r.index, r.code.as_str(), r.message))
+            .collect(),
+        copy_data: PyBytes::new(py, &normalized.copy_data).unbind(),
+        identities,
+    })
+}
+
+/// The API key a body in `dialect` carries, if any (with the GIL released); raises
+/// `NormalizeError` for a body that cannot be framed.
+#[pyfunction]
+#[pyo3(signature = (body, *, dialect, content_encoding = None, limits = None))]
+fn compat_key(
+    py: Python<'_>,
+    body: PyBackedBytes,
+    dialect: &str,
+    content_encoding: Option<&str>,
+    limits: Option<&Limits>,
+) -> PyResult<Option<String>> {
+    let limits = limits.copied().unwrap_or_default();
+    let dialect = self::dialect(dialect)?;
+    py.detach(|| compat::body_key(&body, content_encoding, dialect, &limits))
+        .map_err(|e| coded::<NormalizeError>(py, e.code, &e.message))
 }
 
 /// Checks an `X-Signature` header against `body` and returns its signing time `t`; raises
@@ -200,6 +268,8 @@ fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Limits>()?;
     m.add_class::<NormalizedBatch>()?;
     m.add_function(wrap_pyfunction!(normalize_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(normalize_compat, m)?)?;
+    m.add_function(wrap_pyfunction!(compat_key, m)?)?;
     m.add_function(wrap_pyfunction!(verify_signature, m)?)?;
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_event_name, m)?)?;
