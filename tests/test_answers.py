@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
-from test_api import make_key
 
 from analytics.app import create_app
 from analytics.settings import Settings
+from test_api import make_key
 
 
 @pytest.fixture

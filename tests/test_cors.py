@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import httpx2 as httpx
 import pytest
+
 from conftest import _temporary_database
 from serverproc import Server, running_server
 

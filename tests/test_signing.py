@@ -21,12 +21,12 @@ import anyio
 import asyncpg
 import httpx2 as httpx
 import pytest
-from conftest import _temporary_database
-from serverproc import Server, running_server
 
 from analytics.store.keys import lookup_key
 from analytics.store.migrations import load_migrations, migrate
 from analytics.store.rotation import RotationRefused, retire_signing, rotate_signing
+from conftest import _temporary_database
+from serverproc import Server, running_server
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BODY = b'{"name": "signup", "properties": {"plan": "pro"}}'
@@ -110,7 +110,7 @@ def _snippet(language: str, marker: str) -> str:
     [
         ("python", "hmac.new(secret.encode()", [sys.executable, "-c"]),
         ("sh", "openssl dgst", ["sh", "-c"]),
-    ],  # fmt: skip
+    ],
 )
 def test_the_readme_signed_request_works_as_written(server, language, marker, run) -> None:
     srv, dsn = server
