@@ -13,9 +13,17 @@ pub const MAX_SIGNATURES: usize = 8;
 pub enum SignatureError {
     Malformed(&'static str),
     /// `t` lies more than `tolerance_s` before the server's clock `now_s`.
-    Stale { t: i64, now_s: i64, tolerance_s: i64 },
+    Stale {
+        t: i64,
+        now_s: i64,
+        tolerance_s: i64,
+    },
     /// `t` lies more than `tolerance_s` after the server's clock `now_s`.
-    Future { t: i64, now_s: i64, tolerance_s: i64 },
+    Future {
+        t: i64,
+        now_s: i64,
+        tolerance_s: i64,
+    },
     Mismatch,
 }
 
@@ -34,13 +42,21 @@ impl SignatureError {
     pub fn message(self) -> String {
         match self {
             SignatureError::Malformed(why) => why.to_string(),
-            SignatureError::Stale { t, now_s, tolerance_s } => format!(
+            SignatureError::Stale {
+                t,
+                now_s,
+                tolerance_s,
+            } => format!(
                 "signature timestamp t={t} is {} s older than the server's clock \
                  (unix {now_s}); signatures are accepted within {tolerance_s} s of it: \
                  sign each request when sending it, with a synchronized clock",
                 now_s.saturating_sub(t)
             ),
-            SignatureError::Future { t, now_s, tolerance_s } => format!(
+            SignatureError::Future {
+                t,
+                now_s,
+                tolerance_s,
+            } => format!(
                 "signature timestamp t={t} is {} s ahead of the server's clock \
                  (unix {now_s}); signatures are accepted within {tolerance_s} s of it: \
                  t is unix seconds (not milliseconds), from a synchronized clock",
@@ -140,10 +156,18 @@ pub fn verify_any(
 ) -> Result<i64, SignatureError> {
     let (t_text, t, macs) = parse_header(header)?;
     if now_s.saturating_sub(t) > tolerance_s {
-        return Err(SignatureError::Stale { t, now_s, tolerance_s });
+        return Err(SignatureError::Stale {
+            t,
+            now_s,
+            tolerance_s,
+        });
     }
     if t.saturating_sub(now_s) > tolerance_s {
-        return Err(SignatureError::Future { t, now_s, tolerance_s });
+        return Err(SignatureError::Future {
+            t,
+            now_s,
+            tolerance_s,
+        });
     }
     // Every candidate is checked against every secret (no early exit), each with hmac's
     // constant-time comparison.
@@ -205,7 +229,10 @@ mod tests {
     #[test]
     fn any_of_several_secrets() {
         let header = sign(b"old", b"{}", 1000);
-        assert_eq!(verify_any(&[b"new", b"old"], &header, b"{}", 1000, 300), Ok(1000));
+        assert_eq!(
+            verify_any(&[b"new", b"old"], &header, b"{}", 1000, 300),
+            Ok(1000)
+        );
         assert_eq!(
             verify_any(&[b"new", b"other"], &header, b"{}", 1000, 300),
             Err(SignatureError::Mismatch)
