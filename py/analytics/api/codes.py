@@ -49,6 +49,7 @@ API_CODES: Mapping[str, tuple[int, str]] = MappingProxyType(
         "database_unavailable": (503, "the database is unreachable (see Retry-After)"),
         # Queries (api/query.py).
         "unknown_parameter": (400, "a query parameter the route does not take"),
+        "repeated_parameter": (400, "a query parameter other than `filter` given twice"),
         "missing_event": (400, "no `event` parameter"),
         "invalid_interval": (400, "`interval` is not minute, hour or day"),
         "invalid_agg": (400, "`agg` is not count, sum or unique_users"),

@@ -186,6 +186,7 @@ def _limit(raw: str) -> int:
         *AUTH_CODES,
         "publishable_key_cannot_read",
         "unknown_parameter",
+        "repeated_parameter",
         "missing_event",
         "invalid_event",
         "invalid_interval",
