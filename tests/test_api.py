@@ -150,7 +150,7 @@ def test_signed_keys(env):
     assert client.post("/v1/events", content=body, headers=auth).json()["code"] == (
         "missing_signature"
     )
-    secret = bytes.fromhex(key.signing_secret)
+    secret = key.signing_secret.encode()
     good = sign(secret, body, int(time.time()))
     r = client.post("/v1/events", content=body, headers={**auth, "X-Signature": good})
     assert r.status_code == 200
@@ -167,7 +167,7 @@ def test_a_replayed_signed_request_counts_once(env):
     duplicate, while the same body signed anew is a new event."""
     key = env["signed"]
     auth = {"Authorization": f"Bearer {key.key}", "Content-Type": "application/json"}
-    secret = bytes.fromhex(key.signing_secret)
+    secret = key.signing_secret.encode()
     body = json.dumps({"events": [{"name": "replayed"}, {"name": "replayed"}]}).encode()
     captured = {**auth, "X-Signature": sign(secret, body, int(time.time()) - 10)}
     answers = [env["client"].post("/v1/batch", content=body, headers=captured) for _ in range(3)]

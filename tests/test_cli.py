@@ -53,13 +53,20 @@ def test_keys_create_json_gives_a_working_key(fresh_dsn: str) -> None:
                  "--signing", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert set(out) == {"customer", "customer_id", "key", "signing_secret"}
+    assert set(out) == {
+        "customer",
+        "customer_id",
+        "key",
+        "signing_secret",
+        "publishable",
+        "origins",
+    }
     assert out["customer"] == "acme"
     info = lookup(fresh_dsn, out["key"])
     assert info is not None
     assert info.customer_id == out["customer_id"]
     assert info.scopes == {"write", "read"}
-    assert info.signing_secret == bytes.fromhex(out["signing_secret"])
+    assert info.signing_keys == (out["signing_secret"].encode(),)
 
     again = cli(fresh_dsn, "keys", "create", "--customer", "acme", "--scopes", "read", "--json")
     assert again.returncode == 0, again.stderr

@@ -290,15 +290,15 @@ def keys(signing_secret: str | None) -> CustomerKeys:
 
 
 def test_probe_request_is_signed_as_the_server_verifies() -> None:
-    secret = bytes(range(32))
-    body, headers = probes.probe_request(keys(secret.hex()), "mixed", "lt_probe_x", 1700000000.5)
+    secret = "ansk_" + "s" * 43  # as printed: the text is the HMAC key
+    body, headers = probes.probe_request(keys(secret), "mixed", "lt_probe_x", 1700000000.5)
     assert body.startswith(b'{"name": "lt_probe_x", "event_id": "lt_probe_x", "ts": 1700000000500')
     assert headers["Authorization"] == "Bearer ak_7_write"
     assert headers["X-Scenario"] == "mixed_probe"
     # What the harness computed by hand before it used the extension's `sign`.
-    mac = hmac.new(secret, b"1700000000." + body, "sha256").hexdigest()
+    mac = hmac.new(secret.encode(), b"1700000000." + body, "sha256").hexdigest()
     assert headers["X-Signature"] == f"t=1700000000,v1={mac}"
-    verify_signature(secret, headers["X-Signature"], body, 1700000000)
+    verify_signature(secret.encode(), headers["X-Signature"], body, 1700000000)
 
 
 def test_probe_request_of_an_unsigned_key_has_no_signature() -> None:

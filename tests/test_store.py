@@ -145,7 +145,7 @@ async def test_key_lookup_returns_customer_scopes_and_secret(conn: asyncpg.Conne
     created = await create_key(conn, customer_id, {"write"}, signing=True, now=NOW)
     assert created.customer_id == customer_id
     assert created.scopes == {"write"}
-    assert created.signing_secret is not None and len(created.signing_secret) == 64
+    assert created.signing_secret is not None and created.signing_secret.startswith("ansk_")
     prefix, cid, key_id, secret = created.key.split("_", 3)
     assert (prefix, cid, len(key_id)) == ("ak", str(customer_id), 8)
     assert len(secret) >= 32
@@ -153,7 +153,7 @@ async def test_key_lookup_returns_customer_scopes_and_secret(conn: asyncpg.Conne
     info = await lookup_key(conn, created.key)
     assert info is not None
     assert (info.customer_id, info.key_id, info.scopes) == (customer_id, key_id, {"write"})
-    assert info.signing_secret == bytes.fromhex(created.signing_secret)
+    assert info.signing_keys == (created.signing_secret.encode(),)
     stored = await conn.fetchval("SELECT key_hash FROM api_keys WHERE key_id = $1", key_id)
     assert created.key.encode() not in stored
 
@@ -165,7 +165,7 @@ async def test_unsigned_key_with_both_scopes(conn: asyncpg.Connection) -> None:
     info = await lookup_key(conn, created.key)
     assert info is not None
     assert info.scopes == frozenset({"read", "write"})
-    assert info.signing_secret is None
+    assert info.signing_keys == ()
 
 
 @pytest.mark.parametrize("scopes", [set(), {"admin"}, {"read", "delete"}])

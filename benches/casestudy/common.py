@@ -133,7 +133,7 @@ def authenticate(pool: ConnectionPool, authorization: str, scope: str) -> KeyInf
             ).fetchone()
     if row is None or not hmac.compare_digest(row[0], key_hash(key)):
         raise ApiError(401, "invalid_key", "unknown or revoked API key")
-    info = KeyInfo(parsed[0], parsed[1], frozenset(row[1]), row[2])
+    info = KeyInfo(parsed[0], parsed[1], frozenset(row[1]), (row[2],) if row[2] else ())
     if scope not in info.scopes:
         raise ApiError(403, "wrong_scope", f"this key lacks the {scope!r} scope")
     return info
@@ -150,12 +150,12 @@ def normalize(
 ) -> reference.NormalizedBatch:
     """Signature check (when the key has a signing secret) and normalization, both in pure
     Python (`benches.normalize_reference`). BURNS CPU, holding the GIL."""
-    if key.signing_secret is not None:
+    if key.signing_keys:
         if not signature:
             raise ApiError(401, "missing_signature", "this key requires an X-Signature header")
         try:
             reference.verify_signature(
-                key.signing_secret,
+                key.signing_keys[0],
                 signature,
                 body,
                 received_at_us // 1_000_000,

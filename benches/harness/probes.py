@@ -38,7 +38,7 @@ def probe_request(
         "X-Scenario": f"{scenario}_probe",
     }
     if keys.write.signing_secret:
-        secret = bytes.fromhex(keys.write.signing_secret)
+        secret = keys.write.signing_secret.encode()  # the secret as printed is the HMAC key
         headers["X-Signature"] = sign(secret, body, int(now_s))
     return body, headers
 

@@ -10,7 +10,7 @@
 //                             seconds in the middle of the step, then RATE again
 //   RATE       requests/s offered (constant arrival rate; the base rate for burst)
 //   DURATION   seconds          BATCH  events per batch (500)
-//   BASE_URL   WRITE_KEY  READ_KEY  SIGNING_SECRET (hex; sign every ingest body when set)
+//   BASE_URL   WRITE_KEY  READ_KEY  SIGNING_SECRET (as printed, the HMAC key; sign every ingest body when set)
 //   MAX_VUS    cap on concurrent requests (k6 counts what it could not start as dropped)
 //   PRE_VUS    VUs started before the step
 //   TIMEOUT    per-request timeout (10s)   SUMMARY  where handleSummary writes its JSON
@@ -120,12 +120,7 @@ function body(id, ts) {
   return out.join("");
 }
 
-function hexToBytes(hex) {
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(i * 2, 2), 16);
-  return out.buffer;
-}
-const SECRET = __ENV.SIGNING_SECRET ? hexToBytes(__ENV.SIGNING_SECRET) : null;
+const SECRET = __ENV.SIGNING_SECRET || null; // the secret's text is the HMAC key
 
 const INGEST_URL = `${BASE}/v1/${BATCHED ? "batch" : "events"}`;
 const QUERY_EVENT = encodeURIComponent("Page View");

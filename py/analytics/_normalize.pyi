@@ -131,10 +131,12 @@ def compat_key(
     `token`), or None; raises NormalizeError for a body that cannot be framed."""
 
 def verify_signature(
-    secret: bytes, header: str, body: bytes, now_s: int, tolerance_s: int = 300
+    secret: bytes | Sequence[bytes], header: str, body: bytes, now_s: int, tolerance_s: int = 300
 ) -> int:
     """Check `X-Signature` (`t=<secs>,v1=<hex>[,v1=…]`) and return its signing time `t`;
-    raise SignatureError on failure."""
+    raise SignatureError on failure. Several secrets: any of them may have signed (a key
+    being rotated). `stale_signature`/`future_signature` messages name `t`, `now_s` and
+    the window."""
 
 def sign(secret: bytes, body: bytes, t: int) -> str:
     """A valid `X-Signature` value for `body` signed at unix time `t`."""

@@ -18,7 +18,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from analytics.api import compat_posthog, compat_segment, ingest, ops, query
+from analytics.api import compat_posthog, compat_segment, ingest, openapi, ops, query
+from analytics.api.cors import Cors
 from analytics.api.errors import EXCEPTION_HANDLERS
 from analytics.api.middleware import Deadline
 from analytics.api.observe import Observe
@@ -95,24 +96,31 @@ def lifespan(settings: Settings, context: RequestContext):
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     context = RequestContext()
+    # Every route's handler declares its operations (api/contract.py `@operation`): the
+    # OpenAPI document is generated from them, and CORS serves those declared `cors=True`.
+    routes = [
+        Route("/v1/events", ingest.ingest_event, methods=["POST"]),
+        Route("/v1/batch", compat_segment.batch, methods=["POST"]),
+        Route("/v1/metrics", query.get_metrics, methods=["GET"]),
+        # Segment's and PostHog's own paths, for their SDKs (api/compat_*.py).
+        *(
+            Route(f"/v1/{name}", compat_segment.call(name), methods=["POST"])
+            for name in compat_segment.CALLS
+        ),
+        *(Route(p, compat_posthog.capture, methods=["POST"]) for p in compat_posthog.PATHS),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.scrape, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        Route("/docs", openapi.docs, methods=["GET"]),
+    ]
     app = Starlette(
-        routes=[
-            Route("/v1/events", ingest.ingest_event, methods=["POST"]),
-            Route("/v1/batch", compat_segment.batch, methods=["POST"]),
-            *(
-                Route(f"/v1/{name}", compat_segment.call(name), methods=["POST"])
-                for name in compat_segment.CALLS
-            ),
-            *(Route(p, compat_posthog.capture, methods=["POST"]) for p in compat_posthog.PATHS),
-            Route("/v1/metrics", query.get_metrics, methods=["GET"]),
-            Route("/healthz", ops.healthz, methods=["GET"]),
-            Route("/readyz", ops.readyz, methods=["GET"]),
-            Route("/metrics", ops.scrape, methods=["GET"]),
-        ],
+        routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[
             Middleware(ProtocolGuard),
             Middleware(Observe, context=context),
+            Middleware(Cors, paths=openapi.cors_paths(routes)),
             Middleware(Deadline, timeout_s=settings.request_timeout_s),
         ],
         lifespan=lifespan(settings, context),

@@ -47,10 +47,11 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 def signature_header(secret: str, body: bytes, t: int) -> str:
     """The `X-Signature` value for `body` (as sent: gzipped) signed at unix time `t`.
 
-    The one place that knows how a printed signing secret becomes the HMAC key (today the
-    64 hex digits `keys create --signing` prints are the key's bytes in hex).
+    The one place that knows how a printed signing secret becomes the HMAC key: the secret as
+    printed, its UTF-8 bytes (`ansk_...`; a 64-hex secret from before migration 0005 is
+    accepted the same way).
     """
-    return sign(bytes.fromhex(secret), body, t)
+    return sign(secret.encode(), body, t)
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ async def ingest_compat(
     key = None
     if header_key is not None:
         with timed(request, "auth"):
-            key = await check_key(svc.keys, header_key, "write")
+            key = await check_key(request, svc.keys, header_key, "write")
     with timed(request, "read"):
         body = await read_body(request, cap)
     inline = len(body) <= settings.inline_normalize_bytes
@@ -101,9 +101,9 @@ async def ingest_compat(
         if not body_key:
             raise ApiError(401, "missing_key", _MISSING_KEY[dialect.partition("/")[0]])
         with timed(request, "auth"):
-            key = await check_key(svc.keys, body_key, "write")
+            key = await check_key(request, svc.keys, body_key, "write")
     rate_limit(svc.buckets, key)
-    if key.signing_secret is not None and svc.flags.enabled("signature_enforcement"):
+    if key.signing_keys and svc.flags.enabled("signature_enforcement"):
         raise ApiError(
             403,
             "signed_key_unsupported",

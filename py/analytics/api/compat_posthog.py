@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.compat_ingest import ingest_compat, single_rejection
+from analytics.api.contract import INGEST_CODES, operation
 from analytics.api.errors import json_response
 from analytics.api.ingest import answer
 
@@ -17,6 +18,19 @@ from analytics.api.ingest import answer
 PATHS = ("/batch", "/batch/", "/capture", "/capture/", "/i/v0/e", "/i/v0/e/")
 
 
+@operation(
+    "POST",
+    "PostHog capture",
+    description="PostHog's capture API: one event or `{\"batch\": [...]}`, the key as"
+    " `api_key` or `token` in the body (or `Authorization: Bearer`), gzip by Content-Encoding"
+    " or `?compression=gzip-js`; answered `{\"status\": 1, ...}` after commit.",
+    body={"application/json": {"type": "object", "description": "PostHog events: `event`,"
+          " `distinct_id`, `properties`, `timestamp`, `uuid`, `api_key`."}},
+    result={"allOf": [{"$ref": "#/components/schemas/IngestResult"}]},
+    codes=(*INGEST_CODES, "signed_key_unsupported"),
+    cors=True,
+    tags=["posthog"],
+)  # fmt: skip
 async def capture(request: Request) -> Response:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     header_key = key.strip() if scheme.lower() == "bearer" and key.strip() else None

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from analytics.api import ingest
 from analytics.api.compat_ingest import ingest_compat, single_rejection
+from analytics.api.contract import INGEST_CODES, operation
 from analytics.api.errors import ApiError, json_response
 from analytics.api.ingest import answer
 
@@ -50,6 +51,34 @@ async def _segment(request: Request, dialect: str, batch: bool) -> Response:
     return json_response({"success": True, **body})
 
 
+#: Segment's messages are theirs to define; the mapping (rust/normalize/README.md) says what
+#: is read. One message, or `{"batch": [...]}`.
+_SEGMENT_BODY = {
+    "type": "object",
+    "description": "A Segment HTTP tracking API message (or batch): `type`, `event`, `userId`"
+    " / `anonymousId`, `properties`, `context`, `timestamp`, `sentAt`, `messageId`.",
+}
+_SEGMENT_RESULT = {
+    "allOf": [{"$ref": "#/components/schemas/IngestResult"}],
+    "description": 'Segment\'s `{"success": true}`, with our counts.',
+}
+_SEGMENT_CODES = (*INGEST_CODES, "signed_key_unsupported")
+
+
+@operation(
+    "POST",
+    "Send a batch of events (ours, or Segment's)",
+    description="With `Authorization: Bearer` this is our own batch (see `POST /v1/events` for"
+    " the answer); with the write key as the Basic-auth user (or `writeKey` in the body), a"
+    " Segment batch `{\"batch\": [...]}`, answered `{\"success\": true, ...}`.",
+    body={"application/json": {"oneOf": [{"$ref": "#/components/schemas/Batch"}, _SEGMENT_BODY]},
+          "application/x-ndjson": "NdjsonBatch"},
+    result="IngestResult",
+    codes=_SEGMENT_CODES,
+    security=("bearer", "signature", "basic"),
+    cors=True,
+    tags=["ingest", "segment"],
+)  # fmt: skip
 async def batch(request: Request) -> Response:
     """`POST /v1/batch`: ours with a Bearer key, Segment's otherwise."""
     scheme = request.headers.get("authorization", "").partition(" ")[0]
@@ -65,4 +94,15 @@ def call(name: str):  # type: ignore[no-untyped-def]
         return await _segment(request, f"segment/{name}", batch=False)
 
     endpoint.__name__ = f"segment_{name}"
-    return endpoint
+    return operation(
+        "POST",
+        f"Segment `{name}` call",
+        description=f"A Segment `{name}` message, the write key as the Basic-auth user (or"
+        ' `writeKey` in the body); answered `{"success": true, ...}` after commit.',
+        body={"application/json": _SEGMENT_BODY},
+        result=_SEGMENT_RESULT,
+        codes=_SEGMENT_CODES,
+        security=("basic",),
+        cors=True,
+        tags=["segment"],
+    )(endpoint)

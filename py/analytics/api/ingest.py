@@ -4,6 +4,10 @@ Cheap guards first (key, scope, media type, encoding, declared size) before the 
 read; the body is read under its cap; the signature is checked; the Rust normalizer turns
 it into COPY tuples (inline when small, on a `cpu` worker thread when large, the GIL
 released either way); the writer commits; only then the response.
+
+`/v1/events` takes one event: refused, it answers 400 with the event's code (a batch lists
+its rejections in a 200 instead), and a body holding several is pointed to `/v1/batch`.
+The operations are declared for the OpenAPI document in api/contract.py.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.auth import authenticate, rate_limit
+from analytics.api.contract import INGEST_CODES, operation
 from analytics.api.errors import ApiError, json_response
 from analytics.api.observe import timed
 from analytics.api.state import services_of
@@ -29,6 +34,10 @@ from analytics.pipeline.writer import Overloaded, Unstorable, WriteFailed
 from analytics.runtime import prometheus
 
 JSON_TYPES = ("application/json",)
+_ONE_EVENT = (
+    "POST /v1/events takes one event object; several go to POST /v1/batch"
+    ' ({"events": [...]} or NDJSON)'
+)
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson")
 
 
@@ -39,13 +48,14 @@ def _media(request: Request, batch: bool) -> bool:
     for param in params:
         name, _, value = param.partition("=")
         if name == "charset" and value.strip('"') not in ("utf-8", "utf8"):
-            raise ApiError(415, "unsupported_charset", "bodies must be UTF-8")
+            raise ApiError.of("unsupported_charset", "bodies must be UTF-8")
     if media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json")):
         return False
     if batch and media in NDJSON_TYPES:
         return True
     allowed = "application/json" + (" or application/x-ndjson" if batch else "")
-    raise ApiError(415, "unsupported_media_type", f"Content-Type must be {allowed}")
+    hint = "; NDJSON (several events) goes to POST /v1/batch" if media in NDJSON_TYPES else ""
+    raise ApiError.of("unsupported_media_type", f"Content-Type must be {allowed}{hint}")
 
 
 def encoding_of(request: Request) -> str:
@@ -61,7 +71,7 @@ async def read_body(request: Request, cap: int) -> bytes:
     if declared is not None:
         # ASCII digits only ("²".isdigit() is true), and few enough for int() to take.
         if not (declared.isascii() and declared.isdigit()):
-            raise ApiError(400, "invalid_content_length", "Content-Length must be a number")
+            raise ApiError.of("invalid_content_length", "Content-Length must be a number")
         if len(declared) > 18 or int(declared) > cap:
             raise ApiError.of("body_too_large", f"body is over {cap} bytes")
     chunks, size = [], 0
@@ -87,13 +97,17 @@ async def _ingest(request: Request, batch: bool) -> Response:
     inline = len(body) <= settings.inline_normalize_bytes
 
     signed_at = None  # the verified signature's time: a replay of the request then dedups
-    if key.signing_secret is not None and svc.flags.enabled("signature_enforcement"):
+    if key.signing_keys and svc.flags.enabled("signature_enforcement"):
         header = request.headers.get("x-signature")
         if not header:
-            raise ApiError(401, "missing_signature", "this key requires an X-Signature header")
+            raise ApiError.of(
+                "missing_signature",
+                "this key requires an X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of"
+                ' "<t>.<body>" keyed with the signing secret as printed>',
+            )
         check = functools.partial(
             verify_signature,
-            key.signing_secret,
+            key.signing_keys,
             header,
             body,
             int(time.time()),
@@ -120,7 +134,14 @@ async def _ingest(request: Request, batch: bool) -> Response:
             # Small bodies take microseconds in Rust: cheaper inline than a thread hop.
             result = normalize() if inline else await svc.offload.run("cpu", normalize)
     except NormalizeError as e:
-        raise ApiError(e.status, e.code, str(e.args[1])) from None
+        message = str(e.args[1])
+        if not batch and e.code in ("too_many_events", "invalid_shape"):
+            message += f"; {_ONE_EVENT}"
+        raise ApiError(e.status, e.code, message) from None
+    if not batch and result.rejected:  # the one event, refused: the request failed
+        _, code, message = result.rejected[0]
+        prometheus.rejections.labels(code).inc()
+        raise ApiError.of(code, message)
     inserted, duplicates = await commit(request, result)
     return json_response(answer(result, inserted, duplicates))
 
@@ -170,9 +191,38 @@ def answer(result: NormalizedBatch, inserted: int, duplicates: int) -> dict[str,
     }
 
 
+_ANSWER = (
+    "Answered after commit: `accepted` counts events newly stored, `duplicates` valid events"
+    " already stored (same `event_id`, or content fingerprint, for this customer)."
+)
+
+
+@operation(
+    "POST",
+    "Send one event",
+    description="One event object. Refused, it answers 400 with the event's code. " + _ANSWER,
+    body={"application/json": "Event"},
+    result="IngestResult",
+    codes=INGEST_CODES,
+    security=("bearer", "signature"),
+    cors=True,
+    tags=["ingest"],
+)
 async def ingest_event(request: Request) -> Response:
     return await _ingest(request, batch=False)
 
 
+@operation(
+    "POST",
+    "Send a batch of events",
+    description="A JSON batch or NDJSON; `Content-Encoding: gzip` accepted. Refused events are"
+    " listed in `rejected` (by index); the others are stored. " + _ANSWER,
+    body={"application/json": "Batch", "application/x-ndjson": "NdjsonBatch"},
+    result="IngestResult",
+    codes=INGEST_CODES,
+    security=("bearer", "signature"),
+    cors=True,
+    tags=["ingest"],
+)
 async def ingest_batch(request: Request) -> Response:
     return await _ingest(request, batch=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from analytics.api.contract import operation
 from analytics.api.errors import error_response, json_response
 from analytics.api.state import services_of
 from analytics.runtime import prometheus
 from analytics.store.pool import ping
 
 
+@operation("GET", "Liveness: the process and its loop answer", result="Status", tags=["ops"])
 async def healthz(request: Request) -> Response:
     """The process is alive and its loop answers."""
     return json_response({"status": "ok"})
@@ -21,6 +23,13 @@ async def healthz(request: Request) -> Response:
 INBOX_HIGH_WATER = 0.8
 
 
+@operation(
+    "GET",
+    "Readiness: no loop stall, writer inbox below 80 %, database answering",
+    result="Status",
+    codes=("loop_stalled", "writer_saturated", "database_unreachable"),
+    tags=["ops"],
+)
 async def readyz(request: Request) -> Response:
     """Ready to take traffic: no loop stall in progress, the writer inbox below its
     high-water mark, and the database answering within a second."""
@@ -34,6 +43,13 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
+@operation(
+    "GET",
+    "Prometheus metrics (all workers)",
+    result={"type": "string"},
+    result_media="text/plain",
+    tags=["ops"],
+)
 async def scrape(request: Request) -> Response:
     """Prometheus exposition (aggregated over workers in multiprocess mode). Rendering reads
     files (/proc, and the multiprocess files), so it runs under the `scrape` limiter."""

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from analytics.api.auth import authenticate, rate_limit
+from analytics.api.contract import AUTH_CODES, Parameters, operation
 from analytics.api.dberrors import database_errors
 from analytics.api.errors import ApiError
 from analytics.api.groups import combine, rank
@@ -22,6 +23,7 @@ from analytics.normalize import normalize_event_name
 from analytics.pipeline.services import Services
 from analytics.runtime import prometheus
 from analytics.runtime.querycache import Entry
+from analytics.settings import Settings
 from analytics.store.series import AGGS, INTERVALS, MetricsQuery, fetch_series
 
 STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -77,7 +79,7 @@ def parse_query(request: Request, customer_id: int) -> MetricsQuery:
     settings = services_of(request).settings
     params = request.query_params
     for name in params:
-        if name not in ("event", "from", "to", "interval", "group_by", "filter", "agg", "limit"):
+        if name not in QUERY_PARAMETERS:
             raise ApiError(400, "unknown_parameter", f"unknown query parameter {name!r}")
         if name != "filter" and len(params.getlist(name)) > 1:
             # Which one would count? Refused rather than guessed (only `filter` repeats).
@@ -143,12 +145,63 @@ def parse_query(request: Request, customer_id: int) -> MetricsQuery:
     )
 
 
+#: The query parameters `parse_query` takes (the OpenAPI document lists these).
+QUERY_PARAMETERS = ("event", "from", "to", "interval", "group_by", "filter", "agg", "limit")
+
+
+def query_parameters(settings: Settings) -> Parameters:
+    """The parameters of `GET /v1/metrics` as the OpenAPI document declares them."""
+    time: dict = {"type": "string", "description": "RFC 3339 with an offset, or epoch ms"}
+    dim = {"type": "string", "enum": list(settings.dimensions)}
+    declared: Parameters = {
+        "event": ("the event name (normalized as ingestion does)", {"type": "string"}, True),
+        "from": ("start (default: a day before `to`)", time, False),
+        "to": (f"end (default: now); a range spans <= {settings.max_range_days} days", time, False),
+        "interval": ("bucket size (default hour)", {"enum": list(INTERVALS)}, False),
+        "group_by": ("a dimension to group by", dim, False),
+        "filter": ("DIM:VALUE, repeatable", {"type": "string"}, False),
+        "agg": ("aggregation (default count)", {"enum": list(AGGS)}, False),
+        "limit": (
+            "groups kept (default 20)",
+            {"type": "integer", "minimum": 1, "maximum": MAX_GROUPS},
+            False,
+        ),
+    }
+    assert tuple(declared) == QUERY_PARAMETERS, "declare every parameter parse_query takes"
+    return declared
+
+
 def _limit(raw: str) -> int:
     if not (_LIMIT.fullmatch(raw) and 1 <= int(raw) <= MAX_GROUPS):
         raise ApiError(400, "invalid_limit", f"limit must be 1-{MAX_GROUPS}")
     return int(raw)
 
 
+@operation(
+    "GET",
+    "A time series of one event: count, sum or unique users, per bucket (and group)",
+    parameters=query_parameters,
+    result="Series",
+    codes=(
+        *AUTH_CODES,
+        "publishable_key_cannot_read",
+        "unknown_parameter",
+        "repeated_parameter",
+        "missing_event",
+        "invalid_event",
+        "invalid_interval",
+        "invalid_agg",
+        "invalid_time",
+        "invalid_range",
+        "range_too_large",
+        "too_many_buckets",
+        "unknown_dimension",
+        "invalid_filter",
+        "invalid_limit",
+    ),
+    security=("bearer",),
+    tags=["query"],
+)
 async def get_metrics(request: Request) -> Response:
     """Closed ranges are served from the cache (after the invalidation barrier); ranges that
     include the current bucket are always computed. 503 while the database is unreachable."""

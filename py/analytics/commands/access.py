@@ -1,5 +1,5 @@
-"""`analytics keys create|list|revoke` and `analytics customers list|delete`: who may send and
-read, and the customers themselves.
+"""`analytics keys create|list|revoke|rotate-signing|retire-signing` and `analytics customers
+list|delete`: who may send and read, and the customers themselves.
 
 A key is shown once, when created; afterwards it is named by its key id (the 8 hex digits
 after the customer id: `ak_<customer>_<key id>_<secret>`), which `keys list` shows.
@@ -8,7 +8,7 @@ after the customer id: `ak_<customer>_<key id>_<secret>`), which `keys list` sho
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -32,12 +32,24 @@ from analytics.store.keys import (
     revoke_key_id,
     validate_scopes,
 )
+from analytics.store.rotation import RotationRefused, retire_signing, rotate_signing
+from analytics.store.signing import validate_origin
+
+#: How long the previous signing secret stays accepted after `keys rotate-signing` by default.
+DEFAULT_OVERLAP = timedelta(days=7)
 
 
 async def _keys_create(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
-    customer_id, created = await create_customer_key(
-        conn, args.customer, args.scopes, args.signing, datetime.now(UTC)
-    )
+    if args.origins and not args.publishable:
+        return fail("--origin is for publishable keys: add --publishable", code=2)
+    if args.publishable and not args.origins:
+        return fail("a publishable key needs at least one --origin", code=2)
+    try:
+        customer_id, created = await create_customer_key(
+            conn, args.customer, args.scopes, args.signing, datetime.now(UTC), origins=args.origins
+        )
+    except ValueError as e:
+        return fail(str(e), code=2)
     if args.json:
         print_json(
             {
@@ -45,13 +57,65 @@ async def _keys_create(conn: asyncpg.Connection, args: argparse.Namespace) -> in
                 "customer_id": customer_id,
                 "key": created.key,
                 "signing_secret": created.signing_secret,
+                "publishable": bool(created.origins),
+                "origins": list(created.origins),
             }
         )
     else:
         scopes = ",".join(sorted(created.scopes))
         print(f"customer {args.customer} (id {customer_id}), scopes {scopes}: {created.key}")
         if created.signing_secret:
-            print(f"signing secret: {created.signing_secret}")
+            print(f"signing secret (the HMAC-SHA256 key, as printed): {created.signing_secret}")
+        if created.origins:
+            print(f"publishable from: {' '.join(created.origins)}")
+    return 0
+
+
+async def _keys_rotate_signing(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    try:
+        rotation = await rotate_signing(
+            conn,
+            args.key_id,
+            now,
+            now + timedelta(hours=args.overlap_hours),
+            customer=args.customer,
+        )
+    except AmbiguousKeyId as e:
+        return fail(f"{e}; say which with --customer")
+    except RotationRefused as e:
+        return fail(str(e))
+    if args.json:
+        print_json(
+            {
+                "key_id": args.key_id,
+                "customer": rotation.customer,
+                "signing_secret": rotation.secret,
+                "previous_accepted_until": rotation.previous_until,
+            }
+        )
+    else:
+        print(f"new signing secret of key {args.key_id} ({rotation.customer}): {rotation.secret}")
+        print(
+            f"the previous secret is accepted too until {when(rotation.previous_until)};"
+            f" after moving every producer run `analytics keys retire-signing {args.key_id}`"
+        )
+    return 0
+
+
+async def _keys_retire_signing(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    try:
+        customer = await retire_signing(
+            conn, args.key_id, datetime.now(UTC), customer=args.customer
+        )
+    except AmbiguousKeyId as e:
+        return fail(f"{e}; say which with --customer")
+    except RotationRefused as e:
+        return fail(str(e))
+    print(
+        f"previous signing secret of key {args.key_id} ({customer}) retired"
+        " (workers that cached the key accept it for up to 10 s more)"
+    )
     return 0
 
 
@@ -66,6 +130,9 @@ async def _keys_list(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
                     "customer_id": k.customer_id,
                     "scopes": sorted(k.scopes),
                     "signing": k.signing,
+                    "previous_signing_until": k.previous_signing_until,
+                    "publishable": bool(k.origins),
+                    "origins": list(k.origins),
                     "created_at": k.created_at,
                     "last_used_at": k.last_used_at,
                     "revoked_at": k.revoked_at,
@@ -84,7 +151,7 @@ async def _keys_list(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
                 k.key_id,
                 k.customer,
                 ",".join(sorted(k.scopes)),
-                "yes" if k.signing else "no",
+                _signing_cell(k.signing, k.previous_signing_until, k.origins),
                 when(k.created_at),
                 when(k.last_used_at),
                 when(k.revoked_at),
@@ -164,6 +231,31 @@ def _refuse_without_yes(args: argparse.Namespace) -> int:
     )
 
 
+def _signing_cell(signing: bool, previous_until: datetime | None, origins: tuple[str, ...]) -> str:
+    if origins:
+        return "publishable: " + " ".join(origins)
+    if previous_until is not None:
+        return f"yes (previous until {when(previous_until)})"
+    return "yes" if signing else "no"
+
+
+def _hours(value: str) -> float:
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = -1.0
+    if not 0 < hours <= 24 * 90:
+        raise argparse.ArgumentTypeError("hours between 0 and 2160 (90 days)")
+    return hours
+
+
+def _origin(value: str) -> str:
+    try:
+        return validate_origin(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _scopes(value: str) -> frozenset[str]:
     try:
         return validate_scopes(s.strip() for s in value.split(",") if s.strip())
@@ -187,6 +279,20 @@ def add_access_commands(subparsers: Subparsers) -> None:
         help=f"comma-separated, from: {','.join(sorted(SCOPES))}",
     )
     p.add_argument("--signing", action="store_true", help="require signed requests")
+    p.add_argument(
+        "--publishable",
+        action="store_true",
+        help="a browser key: write-only, unsigned, usable from the --origin pages (CORS)",
+    )
+    p.add_argument(
+        "--origin",
+        dest="origins",
+        action="append",
+        default=[],
+        type=_origin,
+        metavar="ORIGIN",
+        help="an origin (scheme://host[:port]) a publishable key may send from; repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=with_connection(_keys_create))
 
@@ -199,6 +305,26 @@ def add_access_commands(subparsers: Subparsers) -> None:
     p.add_argument("key", metavar="KEY_ID", help="the 8-hex key id `keys list` shows, or the key")
     p.add_argument("--customer", help="the key's customer (when several hold the same key id)")
     p.set_defaults(handler=with_connection(_keys_revoke))
+
+    p = keys.add_parser(
+        "rotate-signing",
+        help="a new signing secret; the previous one stays accepted until retired or expired",
+    )
+    p.add_argument("key_id", metavar="KEY_ID", help="the 8-hex key id `keys list` shows")
+    p.add_argument("--customer", help="the key's customer (when several hold the same key id)")
+    p.add_argument(
+        "--overlap-hours",
+        type=_hours,
+        default=DEFAULT_OVERLAP.total_seconds() / 3600,
+        help="how long the previous secret stays accepted at most (default: 168, 7 days)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=with_connection(_keys_rotate_signing))
+
+    p = keys.add_parser("retire-signing", help="stop accepting a key's previous signing secret")
+    p.add_argument("key_id", metavar="KEY_ID", help="the 8-hex key id `keys list` shows")
+    p.add_argument("--customer", help="the key's customer (when several hold the same key id)")
+    p.set_defaults(handler=with_connection(_keys_retire_signing))
 
     customers = subparsers.add_parser("customers", help="list and delete customers")
     actions = customers.add_subparsers(dest="customers_command", required=True, metavar="ACTION")

@@ -28,6 +28,7 @@ from analytics.store import db
 from analytics.store.keys import KeyInfo, lookup_key
 from analytics.store.notify import notify
 from analytics.store.pool import connect
+from analytics.store.rotation import origin_listed
 
 #: Attempts the billing SDK makes itself before the dispatcher sees a failure.
 BILLING_RETRIES = 2
@@ -41,6 +42,8 @@ class Services:
     rollups: RollupJob
     offload: Offload
     keys: TtlCache[str, KeyInfo | None]
+    #: Whether an origin is listed by an active publishable key (CORS preflights), cached.
+    origins: TtlCache[str, bool]
     invalidator: Invalidator
     flags: Flags
     buckets: TokenBuckets
@@ -49,6 +52,15 @@ class Services:
     dispatcher: BillingDispatcher | None = None
     #: Set by the lifespan while the loop watchdog runs (None when it is disabled).
     watchdog: LoopWatchdog | None = None
+
+
+def ingest_limits(settings: Settings) -> tuple[Limits, Limits]:
+    """The normalizer's limits of `POST /v1/events` and of `POST /v1/batch` (the OpenAPI
+    document states the same figures)."""
+    return (
+        Limits(max_body_bytes=settings.max_event_body_bytes, max_events=1),
+        Limits(max_body_bytes=settings.max_batch_body_bytes, max_events=settings.max_batch_events),
+    )
 
 
 def build_services(settings: Settings, pool: db.Pool) -> Services:
@@ -83,6 +95,10 @@ def build_services(settings: Settings, pool: db.Pool) -> Services:
         keys=TtlCache(
             functools.partial(lookup_key, pool, acquire_timeout_s=settings.acquire_timeout_s)
         ),
+        origins=TtlCache(
+            functools.partial(origin_listed, pool, acquire_timeout_s=settings.acquire_timeout_s),
+            size=1_000,
+        ),
         invalidator=Invalidator(
             functools.partial(connect, settings.listen_url, settings),
             QueryCache(settings.cache_entries),
@@ -90,10 +106,8 @@ def build_services(settings: Settings, pool: db.Pool) -> Services:
         ),
         flags=flags,
         buckets=TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
-        event_limits=Limits(max_body_bytes=settings.max_event_body_bytes, max_events=1),
-        batch_limits=Limits(
-            max_body_bytes=settings.max_batch_body_bytes, max_events=settings.max_batch_events
-        ),
+        event_limits=ingest_limits(settings)[0],
+        batch_limits=ingest_limits(settings)[1],
     )
     if settings.billing_url:
         services.dispatcher = BillingDispatcher(

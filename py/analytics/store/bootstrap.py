@@ -49,12 +49,20 @@ async def first_start(conn: asyncpg.Connection, now: datetime) -> CustomerKeys |
 
 
 async def create_customer_key(
-    conn: asyncpg.Connection, name: str, scopes: Iterable[str], signing: bool, now: datetime
+    conn: asyncpg.Connection,
+    name: str,
+    scopes: Iterable[str],
+    signing: bool,
+    now: datetime,
+    *,
+    origins: Iterable[str] = (),
 ) -> tuple[int, CreatedKey]:
-    """A new key for the customer `name` (created if missing), in one transaction."""
+    """A new key for the customer `name` (created if missing), in one transaction; with
+    `origins`, a publishable one (`keys.create_key`)."""
     async with conn.transaction():
         customer_id = await create_customer(conn, name, now)
-        return customer_id, await create_key(conn, customer_id, scopes, signing, now)
+        key = await create_key(conn, customer_id, scopes, signing, now, origins=origins)
+        return customer_id, key
 
 
 async def customer_with_keys(

@@ -2,9 +2,11 @@
 
 A key reads `ak_<customer_id>_<key_id>_<secret>`: the customer and the random 8-hex key id make
 a lookup one primary-key hit (and carry the shard key under Citus); the secret is 43 urlsafe
-characters (256 bits). Only sha256(key) is stored. A key may carry a signing secret (32 random
-bytes, given to the user hex-encoded); it is stored raw because the server needs it to verify
-request HMACs. Times come from the caller.
+characters (256 bits). Only sha256(key) is stored. A key may carry a signing secret
+(`ansk_` + 43 urlsafe characters: the secret as printed is the HMAC key); it is stored as
+the HMAC key's bytes because the server needs it to verify request HMACs (store/signing.py:
+formats, legacy hex secrets, rotation). A publishable key (write-only, never signing) lists
+the browser origins it may be used from. Times come from the caller.
 
 Customer names are what operators type (`keys create --customer NAME`): trimmed, 1 to 100
 printable characters. Each key records when it was last used, to the hour (`lookup_key` sets
@@ -23,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from analytics.store.signing import hmac_keys, new_signing_secret, validate_origins
+
 #: The scopes a key may hold: "write" to send events, "read" to query metrics.
 SCOPES = frozenset({"write", "read"})
 
@@ -40,22 +44,29 @@ _MAX_BIGINT = 2**63 - 1
 
 @dataclass(frozen=True)
 class CreatedKey:
-    """A new key, as shown to the user once; `signing_secret` is hex, or None if unsigned."""
+    """A new key, as shown to the user once; `signing_secret` (`ansk_...`, the HMAC key as
+    text) or None if unsigned; `origins` are set for a publishable key."""
 
     customer_id: int
     key: str
     signing_secret: str | None
     scopes: frozenset[str]
+    origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class KeyInfo:
-    """A valid, unrevoked key; `signing_secret` (raw bytes) is set when requests must be signed."""
+    """A valid, unrevoked key. `signing_keys`, when not empty, are the HMAC keys a request's
+    signature may be made with (requests must be signed): the current secret's, then, while
+    a rotation overlaps, the previous one's. A publishable key may be used by browsers at
+    `origins` (and by nothing that reads)."""
 
     customer_id: int
     key_id: str
     scopes: frozenset[str]
-    signing_secret: bytes | None
+    signing_keys: tuple[bytes, ...] = ()
+    publishable: bool = False
+    origins: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,9 @@ class KeyListing:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    #: When the previous signing secret of a rotation stops being accepted (None: none).
+    previous_signing_until: datetime | None = None
+    origins: tuple[str, ...] = ()
 
 
 def _hash(key: str) -> bytes:
@@ -129,30 +143,41 @@ async def create_key(
     scopes: Iterable[str],
     signing: bool,
     now: datetime,
+    *,
+    origins: Iterable[str] = (),
 ) -> CreatedKey:
     """A new key for an existing customer, with `scopes` (see `validate_scopes`) and, if
-    `signing`, a signing secret."""
+    `signing`, a signing secret. With `origins` the key is publishable (browsers at those
+    origins may send with it): ValueError unless it is write-only and unsigned, or if an
+    origin is not `scheme://host[:port]`."""
     scope_set = validate_scopes(scopes)
-    signing_secret = secrets.token_bytes(32) if signing else None
+    allowed = validate_origins(origins)
+    if allowed and (signing or scope_set != {"write"}):
+        raise ValueError(
+            "a publishable key is write-only and never signing: browsers cannot keep a"
+            " secret, and anyone may read what a web page holds"
+        )
+    signing_secret = new_signing_secret() if signing else None
     while True:  # a fresh key id on the (1 in 4 billion) clash with one of the customer's keys
         key_id = secrets.token_hex(4)
         key = f"ak_{customer_id}_{key_id}_{secrets.token_urlsafe(32)}"
         inserted = await conn.fetchval(
-            "INSERT INTO api_keys"
-            " (customer_id, key_id, key_hash, scopes, signing_secret, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO api_keys (customer_id, key_id, key_hash, scopes, signing_secret,"
+            " signing_format, created_at, publishable, allowed_origins)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             " ON CONFLICT (customer_id, key_id) DO NOTHING RETURNING true",
             customer_id,
             key_id,
             _hash(key),
             sorted(scope_set),
-            signing_secret,
+            signing_secret.encode() if signing_secret else None,
+            "text" if signing_secret else None,
             now,
+            bool(allowed),
+            list(allowed),
         )
         if inserted:
-            return CreatedKey(
-                customer_id, key, signing_secret.hex() if signing_secret else None, scope_set
-            )
+            return CreatedKey(customer_id, key, signing_secret, scope_set, allowed)
 
 
 # One round trip: the row, and `last_used_at` moved forward when it is older than the
@@ -164,7 +189,10 @@ WITH touched AS (
     WHERE customer_id = $1 AND key_id = $2 AND key_hash = $3 AND revoked_at IS NULL
       AND (last_used_at IS NULL OR last_used_at < $4::timestamptz - $5::interval)
 )
-SELECT key_hash, scopes, signing_secret FROM api_keys
+SELECT key_hash, scopes, signing_secret, signing_format, publishable, allowed_origins,
+       CASE WHEN previous_signing_expires_at > $4 THEN previous_signing_secret END AS previous,
+       previous_signing_format
+FROM api_keys
 WHERE customer_id = $1 AND key_id = $2 AND revoked_at IS NULL
 """
 
@@ -193,7 +221,16 @@ async def lookup_key(
         row = await db.fetchrow(_LOOKUP_SQL, *args)
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
-    return KeyInfo(customer_id, key_id, frozenset(row["scopes"]), row["signing_secret"])
+    signing = hmac_keys(row["signing_secret"], row["signing_format"])
+    signing += hmac_keys(row["previous"], row["previous_signing_format"])
+    return KeyInfo(
+        customer_id,
+        key_id,
+        frozenset(row["scopes"]),
+        signing,
+        row["publishable"],
+        frozenset(row["allowed_origins"]),
+    )
 
 
 async def revoke_key(conn: asyncpg.Connection, key: str, now: datetime) -> bool:
@@ -259,7 +296,9 @@ async def list_keys(conn: asyncpg.Connection, customer: str | None = None) -> li
     name then creation time."""
     rows = await conn.fetch(
         "SELECT k.key_id, c.name, k.customer_id, k.scopes, k.signing_secret IS NOT NULL AS signing,"
-        " k.created_at, k.last_used_at, k.revoked_at"
+        " k.created_at, k.last_used_at, k.revoked_at, k.allowed_origins,"
+        " CASE WHEN k.previous_signing_secret IS NOT NULL"
+        "  THEN k.previous_signing_expires_at END AS previous_until"
         " FROM api_keys k JOIN customers c USING (customer_id)"
         " WHERE $1::text IS NULL OR c.name = $1"
         " ORDER BY c.name, k.created_at, k.key_id",
@@ -275,6 +314,8 @@ async def list_keys(conn: asyncpg.Connection, customer: str | None = None) -> li
             r["created_at"],
             r["last_used_at"],
             r["revoked_at"],
+            r["previous_until"],
+            tuple(r["allowed_origins"]),
         )
         for r in rows
     ]

@@ -175,20 +175,32 @@ fn compat_key(
         .map_err(|e| coded::<NormalizeError>(py, e.code, &e.message))
 }
 
+/// One signing secret, or several (a key in the middle of a rotation).
+#[derive(FromPyObject)]
+enum Secrets {
+    One(PyBackedBytes),
+    Many(Vec<PyBackedBytes>),
+}
+
 /// Checks an `X-Signature` header against `body` and returns its signing time `t`; raises
-/// `SignatureError` with a code.
+/// `SignatureError` with a code. `secret` is bytes, or a sequence of bytes any of which
+/// may have made the signature.
 #[pyfunction]
 #[pyo3(signature = (secret, header, body, now_s, tolerance_s = 300))]
 fn verify_signature(
     py: Python<'_>,
-    secret: PyBackedBytes,
+    secret: Secrets,
     header: &str,
     body: PyBackedBytes,
     now_s: i64,
     tolerance_s: i64,
 ) -> PyResult<i64> {
-    py.detach(|| signature::verify_at(&secret, header, &body, now_s, tolerance_s))
-        .map_err(|e| coded::<SignatureError>(py, e.code(), e.message()))
+    let secrets: Vec<&[u8]> = match &secret {
+        Secrets::One(one) => vec![one],
+        Secrets::Many(many) => many.iter().map(|s| &s[..]).collect(),
+    };
+    py.detach(|| signature::verify_any(&secrets, header, &body, now_s, tolerance_s))
+        .map_err(|e| coded::<SignatureError>(py, e.code(), &e.message()))
 }
 
 /// An event name as ingestion stores it (trimmed, whitespace collapsed, lowercased), so

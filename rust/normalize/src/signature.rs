@@ -1,5 +1,6 @@
 //! `X-Signature` checks: HMAC-SHA256 over `"<t>." + body`, several `v1` for key rotation,
-//! constant-time comparison, and a replay window on both sides of now.
+//! several secrets for the server's side of a rotation, constant-time comparison, and a
+//! replay window on both sides of now.
 
 use crate::error::ErrorCode;
 use hmac::{Hmac, Mac};
@@ -11,8 +12,18 @@ pub const MAX_SIGNATURES: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureError {
     Malformed(&'static str),
-    Stale,
-    Future,
+    /// `t` lies more than `tolerance_s` before the server's clock `now_s`.
+    Stale {
+        t: i64,
+        now_s: i64,
+        tolerance_s: i64,
+    },
+    /// `t` lies more than `tolerance_s` after the server's clock `now_s`.
+    Future {
+        t: i64,
+        now_s: i64,
+        tolerance_s: i64,
+    },
     Mismatch,
 }
 
@@ -20,18 +31,41 @@ impl SignatureError {
     pub fn code(self) -> ErrorCode {
         match self {
             SignatureError::Malformed(_) => ErrorCode::MalformedSignature,
-            SignatureError::Stale => ErrorCode::StaleSignature,
-            SignatureError::Future => ErrorCode::FutureSignature,
+            SignatureError::Stale { .. } => ErrorCode::StaleSignature,
+            SignatureError::Future { .. } => ErrorCode::FutureSignature,
             SignatureError::Mismatch => ErrorCode::BadSignature,
         }
     }
 
-    pub fn message(self) -> &'static str {
+    /// What went wrong and what to do; for a timestamp out of the window, the window and
+    /// the server's clock, so a producer can tell a replay from a skewed clock.
+    pub fn message(self) -> String {
         match self {
-            SignatureError::Malformed(why) => why,
-            SignatureError::Stale => "signature timestamp is too old",
-            SignatureError::Future => "signature timestamp is too far in the future",
-            SignatureError::Mismatch => "signature does not match the body",
+            SignatureError::Malformed(why) => why.to_string(),
+            SignatureError::Stale {
+                t,
+                now_s,
+                tolerance_s,
+            } => format!(
+                "signature timestamp t={t} is {} s older than the server's clock \
+                 (unix {now_s}); signatures are accepted within {tolerance_s} s of it: \
+                 sign each request when sending it, with a synchronized clock",
+                now_s.saturating_sub(t)
+            ),
+            SignatureError::Future {
+                t,
+                now_s,
+                tolerance_s,
+            } => format!(
+                "signature timestamp t={t} is {} s ahead of the server's clock \
+                 (unix {now_s}); signatures are accepted within {tolerance_s} s of it: \
+                 t is unix seconds (not milliseconds), from a synchronized clock",
+                t.saturating_sub(now_s)
+            ),
+            SignatureError::Mismatch => "signature does not match the body: v1 is the hex \
+                HMAC-SHA256 of \"<t>.<body>\" keyed with the signing secret as printed \
+                (its UTF-8 bytes)"
+                .to_string(),
         }
     }
 }
@@ -108,18 +142,42 @@ pub fn verify_at(
     now_s: i64,
     tolerance_s: i64,
 ) -> Result<i64, SignatureError> {
+    verify_any(&[secret], header, body, now_s, tolerance_s)
+}
+
+/// [`verify_at`] with several secrets (a key whose signing secret is being rotated): valid
+/// when any `v1` is the MAC of any secret.
+pub fn verify_any(
+    secrets: &[&[u8]],
+    header: &str,
+    body: &[u8],
+    now_s: i64,
+    tolerance_s: i64,
+) -> Result<i64, SignatureError> {
     let (t_text, t, macs) = parse_header(header)?;
     if now_s.saturating_sub(t) > tolerance_s {
-        return Err(SignatureError::Stale);
+        return Err(SignatureError::Stale {
+            t,
+            now_s,
+            tolerance_s,
+        });
     }
     if t.saturating_sub(now_s) > tolerance_s {
-        return Err(SignatureError::Future);
+        return Err(SignatureError::Future {
+            t,
+            now_s,
+            tolerance_s,
+        });
     }
-    let mac = signed_payload_mac(secret, t_text, body);
-    // Every candidate is checked (no early exit), each with hmac's constant-time comparison.
-    let matched = macs.iter().fold(false, |acc, candidate| {
-        acc | mac.clone().verify_slice(candidate).is_ok()
-    });
+    // Every candidate is checked against every secret (no early exit), each with hmac's
+    // constant-time comparison.
+    let mut matched = false;
+    for secret in secrets {
+        let mac = signed_payload_mac(secret, t_text, body);
+        matched = macs.iter().fold(matched, |acc, candidate| {
+            acc | mac.clone().verify_slice(candidate).is_ok()
+        });
+    }
     if matched {
         Ok(t)
     } else {
@@ -169,16 +227,32 @@ mod tests {
     }
 
     #[test]
+    fn any_of_several_secrets() {
+        let header = sign(b"old", b"{}", 1000);
+        assert_eq!(
+            verify_any(&[b"new", b"old"], &header, b"{}", 1000, 300),
+            Ok(1000)
+        );
+        assert_eq!(
+            verify_any(&[b"new", b"other"], &header, b"{}", 1000, 300),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_any(&[], &header, b"{}", 1000, 300),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
     fn window_and_malformed() {
         let header = sign(b"k", b"x", 1000);
-        assert_eq!(
-            verify(b"k", &header, b"x", 1301, 300),
-            Err(SignatureError::Stale)
-        );
-        assert_eq!(
-            verify(b"k", &header, b"x", 699, 300),
-            Err(SignatureError::Future)
-        );
+        let stale = verify(b"k", &header, b"x", 1301, 300).unwrap_err();
+        assert_eq!(stale.code(), "stale_signature");
+        assert!(stale.message().contains("301 s older") && stale.message().contains("1301"));
+        assert!(stale.message().contains("within 300 s"));
+        let future = verify(b"k", &header, b"x", 699, 300).unwrap_err();
+        assert_eq!(future.code(), "future_signature");
+        assert!(future.message().contains("301 s ahead") && future.message().contains("699"));
         assert_eq!(verify(b"k", &header, b"x", 1300, 300), Ok(()));
         for bad in [
             "",
