@@ -95,5 +95,6 @@ def test_sketches_of_other_precisions_or_none_do_not_merge():
         hll_merge([hll_build(["a"], 10), hll_build(["a"], 12)])
     with pytest.raises(ValueError, match="no sketch"):
         hll_merge([])
-    with pytest.raises(ValueError, match="precision"):
-        hll_build(["a"], 3)
+    for bad in (3, 19, -1, 256):
+        with pytest.raises(ValueError, match="precision"):
+            hll_build(["a"], bad)

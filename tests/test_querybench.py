@@ -71,6 +71,9 @@ def test_the_loads_report_their_rates_and_every_event_was_acknowledged(loaded):
     # Each load waited for the rollup job to fold all its events before the next step.
     for run in (backfill, current):
         assert run["folded_s"] >= run["seconds"] and run["folded_events_per_s"] > 0
+    assert results["backfill_folded_share"] == pytest.approx(
+        backfill["folded_events_per_s"] / current["folded_events_per_s"], rel=1e-3
+    )
     assert results["backfill_share"] == pytest.approx(
         backfill["events_per_s"] / current["events_per_s"], rel=1e-3
     )

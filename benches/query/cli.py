@@ -178,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             result.folded_s = result.seconds + anyio.run(_wait_folded, stack.dsn)
             meta["loads"].append(result.as_dict())
-            meta["backfill_share"] = meta["loads"][0]["events_per_s"] / result.events_per_s
+            first = meta["loads"][0]
+            meta["backfill_share"] = first["events_per_s"] / result.events_per_s
+            if first.get("folded_events_per_s") and result.folded_s:
+                meta["backfill_folded_share"] = first["folded_events_per_s"] / (
+                    result.events / result.folded_s
+                )
         meta["stored"] = anyio.run(_stored, stack.dsn, stack.keys.customer_id)
         meta["dataset"] = {
             "events": args.events,

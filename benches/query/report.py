@@ -39,7 +39,13 @@ def markdown(meta: dict, runs: list[ShapeRun], checks: dict[str, str | None] | N
         )
     if meta.get("backfill_share") is not None:
         lines.append(
-            f"- backfill rate / current rate: **{meta['backfill_share']:.0%}** (target ≥ 50 %)"
+            f"- backfill rate / current rate: **{meta['backfill_share']:.0%}** acknowledged"
+            + (
+                f", **{meta['backfill_folded_share']:.0%}** folded into the rollups"
+                if meta.get("backfill_folded_share") is not None
+                else ""
+            )
+            + " (target ≥ 50 %)"
         )
     if meta.get("stored") is not None:
         lines.append(f"- events stored for the customer (database count): {meta['stored']:,}")

@@ -237,10 +237,25 @@ fn copy_columns<'py>(py: Python<'py>, data: PyBackedBytes) -> PyResult<Bound<'py
     PyTuple::new(py, lists)
 }
 
+/// A precision as `hll` takes it; ValueError (not OverflowError) for any int out of range.
+fn hll_precision(precision: i64) -> PyResult<u8> {
+    u8::try_from(precision)
+        .ok()
+        .filter(|p| (hll::MIN_P..=hll::MAX_P).contains(p))
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "precision must be {}..={}, got {precision}",
+                hll::MIN_P,
+                hll::MAX_P
+            ))
+        })
+}
+
 /// The HyperLogLog sketch (hll.rs, byte format version 1) of `user_ids` at `precision`.
 #[pyfunction]
-#[pyo3(signature = (user_ids, precision = hll::DEFAULT_P))]
-fn hll_build(py: Python<'_>, user_ids: Vec<PyBackedStr>, precision: u8) -> PyResult<Py<PyBytes>> {
+#[pyo3(signature = (user_ids, precision = i64::from(hll::DEFAULT_P)))]
+fn hll_build(py: Python<'_>, user_ids: Vec<PyBackedStr>, precision: i64) -> PyResult<Py<PyBytes>> {
+    let precision = hll_precision(precision)?;
     let bytes = py
         .detach(|| hll::Sketch::of(precision, user_ids.iter().map(|s| s.as_bytes())))
         .map(|sketch| sketch.to_bytes())
@@ -266,10 +281,9 @@ fn hll_estimate(py: Python<'_>, sketch: PyBackedBytes) -> PyResult<f64> {
 
 /// The relative standard error of an estimate at `precision`: 1.04 / sqrt(2^precision).
 #[pyfunction]
-#[pyo3(signature = (precision = hll::DEFAULT_P))]
-fn hll_standard_error(precision: u8) -> PyResult<f64> {
-    hll::Sketch::empty(precision).map_err(|e| PyValueError::new_err(e.0))?;
-    Ok(hll::standard_error(precision))
+#[pyo3(signature = (precision = i64::from(hll::DEFAULT_P)))]
+fn hll_standard_error(precision: i64) -> PyResult<f64> {
+    Ok(hll::standard_error(hll_precision(precision)?))
 }
 
 #[pymodule]
