@@ -225,7 +225,22 @@ def components(settings: Settings, event: Limits, batch: Limits) -> Schema:
                 "to": {"type": "string", "format": "date-time"},
                 "group_by": {"type": ["string", "null"]},
                 "filters": {"type": "array", "items": {"type": "object"}},
-                "series": {"type": "array", "items": {"type": "object"}},
+                "series": {
+                    "type": "array",
+                    "description": "One per group: `group` (null: events without the grouped"
+                    " dimension), `points` (`t`, `value`); past `limit`, one with `other`: the"
+                    " number of groups it holds (counts and sums only).",
+                    "items": {"type": "object"},
+                },
+                "approximate": {
+                    "type": "boolean",
+                    "description": "unique_users only: true when estimated from HyperLogLog"
+                    " sketches (ranges of many events), false when counted exactly.",
+                },
+                "relative_standard_error": {
+                    "type": "number",
+                    "description": "With `approximate`: the estimate's relative standard error.",
+                },
             },
         },
         "Status": {"type": "object", "properties": {"status": {"type": "string"}}},

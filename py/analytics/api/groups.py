@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from analytics.normalize import hll_build, hll_estimate, hll_merge
 from analytics.store.series import MetricsQuery, Part, SeriesRow
+from analytics.store.uniques import UniqueRows
 
 
 @dataclass
@@ -88,3 +90,23 @@ def rank(groups: list[Group], limit: int, agg: str) -> list[Group]:
         other.counts = [a + b for a, b in zip(other.counts, g.counts, strict=True)]
         other.sums = [a + b for a, b in zip(other.sums, g.sums, strict=True)]
     return [*kept, other]
+
+
+def estimated(rows: UniqueRows, times: list[datetime], q: MetricsQuery) -> list[Group]:
+    """The groups of a unique-users answer from sketches: per (bucket, group), the merge of
+    its hourly sketches and of the unfolded events' users, estimated (CPU: Rust; run this
+    in a worker thread)."""
+    index = {t: i for i, t in enumerate(times)}
+    parts: dict[tuple[str | None, int], list[bytes]] = {}
+    for bucket, group, sketch in rows.sketches:
+        parts.setdefault((group, index[bucket]), []).append(sketch)
+    for bucket, group, users in rows.raw:
+        parts.setdefault((group, index[bucket]), []).append(hll_build(users))
+    groups: dict[str | None, Group] = {}
+    for (group, i), sketches in parts.items():
+        g = groups.setdefault(group, Group.empty(group, len(times)))
+        g.sums[i] = float(round(hll_estimate(hll_merge(sketches))))
+        g.counts[i] = 1  # present (sketches hold no event counts)
+    if q.group_by is None:
+        groups.setdefault(None, Group.empty(None, len(times)))
+    return list(groups.values())

@@ -17,14 +17,15 @@ from analytics.api.auth import authenticate, rate_limit
 from analytics.api.contract import AUTH_CODES, Parameters, operation
 from analytics.api.dberrors import database_errors
 from analytics.api.errors import ApiError
-from analytics.api.groups import combine, rank
+from analytics.api.groups import combine, estimated, rank
 from analytics.api.state import services_of
-from analytics.normalize import normalize_event_name
+from analytics.normalize import hll_standard_error, normalize_event_name
 from analytics.pipeline.services import Services
 from analytics.runtime import prometheus
 from analytics.runtime.querycache import Entry
 from analytics.settings import Settings
 from analytics.store.series import AGGS, INTERVALS, MetricsQuery, fetch_series
+from analytics.store.uniques import fetch_uniques
 
 STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 MAX_GROUPS = 100
@@ -233,9 +234,18 @@ async def _cached_or_rendered(svc: Services, q: MetricsQuery, limit: int) -> byt
 
 
 async def _render(svc: Services, q: MetricsQuery, limit: int) -> bytes:
-    rows = await fetch_series(svc.pool, q, svc.settings.command_timeout_s)
     step = STEP[q.interval]
     times = [q.start + i * step for i in range((q.end - q.start) // step)]
+    timeout = svc.settings.command_timeout_s
+    approximate: dict[str, object] = {}
+    uniques = await fetch_uniques(svc.pool, q, timeout) if q.agg == "unique_users" else None
+    if uniques is not None:
+        groups = await svc.offload.run("cpu", estimated, uniques, times, q)
+        approximate = {"approximate": True, "relative_standard_error": hll_standard_error()}
+    else:
+        groups = combine(await fetch_series(svc.pool, q, timeout), times, q)
+        if q.agg == "unique_users":
+            approximate = {"approximate": False}
     stamps = [_iso(t) for t in times]  # once, not once per group
     series = [
         {
@@ -243,7 +253,7 @@ async def _render(svc: Services, q: MetricsQuery, limit: int) -> bytes:
             **({"other": g.other} if g.other else {}),
             "points": [{"t": t, "value": v} for t, v in zip(stamps, g.values(q.agg), strict=True)],
         }
-        for g in rank(combine(rows, times, q), limit, q.agg)
+        for g in rank(groups, limit, q.agg)
     ]
     return orjson.dumps(
         {
@@ -255,5 +265,6 @@ async def _render(svc: Services, q: MetricsQuery, limit: int) -> bytes:
             "group_by": q.group_by,
             "filters": [{"dimension": d, "value": v} for d, v in q.filters],
             "series": series,
+            **approximate,
         }
     )

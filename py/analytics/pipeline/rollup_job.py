@@ -10,14 +10,17 @@ service leaves (almost) nothing unfolded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
 import anyio
 
 from analytics.runtime import prometheus
+from analytics.runtime.offload import Offload
 from analytics.store import db
 from analytics.store.rollups import Folded, Folder
+from analytics.store.sketches import inline
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,11 @@ class RollupJob:
         *,
         interval_s: float = 0.5,
         timeout_s: float = 30.0,
+        offload: Offload | None = None,
     ) -> None:
         self._pool = pool
+        # Sketches of unique users are built and merged in Rust, in a worker thread.
+        self._cpu = functools.partial(offload.run, "cpu") if offload else inline
         self._folder = Folder(dimensions)
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -41,7 +47,7 @@ class RollupJob:
         started = time.perf_counter()
         with anyio.fail_after(self._timeout_s):
             async with self._pool.acquire() as conn:
-                folded = await self._folder.fold(conn, self._timeout_s)
+                folded = await self._folder.fold(conn, self._timeout_s, self._cpu)
         if folded is not None and folded.events:
             prometheus.rollup_folded.inc(folded.events)
             prometheus.rollup_fold_seconds.observe(time.perf_counter() - started)

@@ -90,6 +90,7 @@ def build_services(settings: Settings, pool: db.Pool) -> Services:
             settings.dimensions,
             interval_s=settings.rollup_interval_s,
             timeout_s=settings.commit_timeout_s * 6,
+            offload=offload,
         ),
         offload=offload,
         keys=TtlCache(

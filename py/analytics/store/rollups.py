@@ -28,6 +28,7 @@ from itertools import combinations
 import asyncpg
 
 from analytics.store.dimensions import dimension_expr
+from analytics.store.sketches import Cpu, add_users, inline, users_sql
 
 #: Advisory lock held by the transaction folding events (and by an erasure): one at a time
 #: across every process and host.
@@ -179,14 +180,18 @@ class Folded:
 
 
 class Folder:
-    """The rollup job's statement for a set of dimensions, built once."""
+    """The rollup job's statements for a set of dimensions, built once."""
 
     def __init__(self, dimensions: tuple[str, ...]) -> None:
         self.sql = fold_sql(dimensions, _SOURCE)
+        self.users_sql = users_sql(dimensions, "e.xid >= $1::text::xid8 AND e.xid < $2::text::xid8")
 
-    async def fold(self, conn: asyncpg.Connection, timeout_s: float) -> Folded | None:
-        """Fold every event committed since the last fold; None when another process holds
-        the job's lock (it is folding)."""
+    async def fold(
+        self, conn: asyncpg.Connection, timeout_s: float, cpu: Cpu = inline
+    ) -> Folded | None:
+        """Fold every event committed since the last fold into the rollups and the user
+        sketches (built by `cpu`, a worker thread in the service); None when another process
+        holds the job's lock (it is folding)."""
         async with conn.transaction():
             locked = await conn.fetchval(
                 "SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK, timeout=timeout_s
@@ -198,6 +203,8 @@ class Folder:
             if int(high) <= int(low):
                 return Folded(0, int(low))
             row = await conn.fetchrow(self.sql, low, high, timeout=timeout_s)
+            if row["events"]:
+                await add_users(conn, self.users_sql, (low, high), cpu, timeout_s)
             await conn.execute(
                 "UPDATE rollup_state SET watermark = $1::text::xid8", high, timeout=timeout_s
             )

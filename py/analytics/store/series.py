@@ -174,7 +174,7 @@ def rollup_sql(q: MetricsQuery) -> tuple[str, list[object]]:
 #: The watermark, and custom plans for this transaction: a generic plan (which PostgreSQL
 #: picks after five runs of a prepared statement) cannot see how few events lie above the
 #: watermark and scans the whole range of raw events instead (20 ms became 350 ms).
-_WATERMARK_SQL = """
+WATERMARK_SQL = """
 SELECT watermark::text FROM rollup_state
 WHERE set_config('plan_cache_mode', 'force_custom_plan', true) IS NOT NULL
 """
@@ -194,7 +194,7 @@ async def fetch_series(
             # One snapshot for the watermark and the rows, so each event is read once: in
             # the rollups or among the raw events after the watermark.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                args[0] = await conn.fetchval(_WATERMARK_SQL)
+                args[0] = await conn.fetchval(WATERMARK_SQL)
                 rows = await conn.fetch(sql, *args, timeout=timeout_s)
     part = {p.value: p for p in Part}
     return [SeriesRow(b, g, part[p], n, v) for b, g, p, n, v in rows]

@@ -40,6 +40,20 @@ CREATE TABLE rollup_pair_hour (
     PRIMARY KEY (customer_id, name, dim_a, dim_b, value_a, value_b, bucket)
 );
 
+-- Unique users per (event name, dimension value, hour), as HyperLogLog sketches (Rust:
+-- analytics.normalize.hll_*): merged across hours and days by a query, they estimate the
+-- distinct users of a range far larger than raw events could be counted in (store/sketches.py).
+CREATE TABLE rollup_users_hour (
+    customer_id bigint NOT NULL,
+    name        text NOT NULL,
+    dim         text NOT NULL,
+    dim_value   text NOT NULL,
+    bucket      timestamptz NOT NULL,
+    sketch      bytea NOT NULL,
+    PRIMARY KEY (customer_id, name, dim, dim_value, bucket)
+);
+CREATE INDEX rollup_users_hour_dim_bucket ON rollup_users_hour (customer_id, name, dim, bucket);
+
 -- Events stored before this migration were rolled up into minutes only, by the commit: they
 -- are all given to the job once (xid 1, below any real transaction id) and every rollup is
 -- rebuilt from them, so all grains and pairs agree.

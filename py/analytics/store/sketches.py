@@ -1,0 +1,106 @@
+"""Unique users per (event name, dimension value, hour) as HyperLogLog sketches: what the
+rollup job adds to them, what an erasure rebuilds, and what a query reads.
+
+Sketches do not add up like counts, so they are not upserted in SQL: the job reads the
+distinct users of the events it folds per key (`FRESH_USERS_SQL`), the sketches already
+stored for those keys, and writes back their merge (built and merged in Rust, off the event
+loop: the caller passes `cpu`, which runs a function in a worker thread). A user is counted
+by the identified id its anonymous id was linked to when the job folded it (the exact count
+of a query over raw events applies links made later too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from analytics.normalize import hll_build, hll_merge
+from analytics.store.dimensions import dimension_expr
+
+#: Runs `fn(*args)` in a worker thread and returns its result (Offload.run with a limiter).
+Cpu = Callable[..., Awaitable[Any]]
+
+Key = tuple[int, str, str, str, datetime]
+
+#: Where the users of events without dimension `d` are kept: dim `!d` (a name dimensions
+#: cannot have), value ''. So a grouped answer has its None group from sketches too.
+MISSING = "!"
+
+
+def users_sql(dimensions: tuple[str, ...], where: str) -> str:
+    """The distinct users of the events matching `where` (SQL over `e`, the events), per
+    (customer, name, dimension or '' for the total, value, hour); events without a dimension
+    `d` under `!d` (`MISSING`)."""
+    singles = ["('', '')"]
+    for d in sorted(dimensions):
+        value = dimension_expr(d, "e.properties", flags="e.flags")
+        singles.append(f"('{d}', {value})")
+        singles.append(f"('{MISSING}{d}', CASE WHEN {value} IS NULL THEN '' END)")
+    return f"""
+SELECT e.customer_id, e.name, d.dim, d.val AS dim_value,
+       date_trunc('hour', e.ts, 'UTC') AS bucket,
+       array_agg(DISTINCT coalesce(i.user_id, e.user_id)) AS users
+FROM events e
+LEFT JOIN identities i ON i.customer_id = e.customer_id AND i.anonymous_id = e.user_id
+CROSS JOIN LATERAL (VALUES {", ".join(singles)}) AS d(dim, val)
+WHERE {where} AND e.user_id IS NOT NULL AND d.val IS NOT NULL
+GROUP BY 1, 2, 3, 4, 5
+"""
+
+
+_STORED_SQL = """
+SELECT s.customer_id, s.name, s.dim, s.dim_value, s.bucket, s.sketch
+FROM rollup_users_hour s
+JOIN unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+    AS k(customer_id, name, dim, dim_value, bucket)
+  USING (customer_id, name, dim, dim_value, bucket)
+"""
+
+_WRITE_SQL = """
+INSERT INTO rollup_users_hour AS r (customer_id, name, dim, dim_value, bucket, sketch)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::bytea[])
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (customer_id, name, dim, dim_value, bucket) DO UPDATE SET sketch = excluded.sketch
+"""
+
+
+def _columns(keys: Sequence[Key]) -> list[list[Any]]:
+    return [list(c) for c in zip(*keys, strict=True)] if keys else [[], [], [], [], []]
+
+
+def merged_sketches(groups: list[tuple[Key, list[str]]], stored: dict[Key, bytes]) -> list[bytes]:
+    """Each group's users as a sketch, merged with the one stored for its key (CPU: Rust)."""
+    out = []
+    for key, users in groups:
+        sketch = hll_build(users)
+        old = stored.get(key)
+        out.append(hll_merge([old, sketch]) if old is not None else sketch)
+    return out
+
+
+async def add_users(
+    conn: asyncpg.Connection, groups_sql: str, args: Sequence[object], cpu: Cpu, timeout_s: float
+) -> int:
+    """Merge the users `groups_sql` finds (a `users_sql`) into the stored sketches; returns
+    how many sketches were written. Runs inside the caller's transaction (the fold's)."""
+    rows = await conn.fetch(groups_sql, *args, timeout=timeout_s)
+    if not rows:
+        return 0
+    groups = [((r[0], r[1], r[2], r[3], r[4]), list(r[5])) for r in rows]
+    keys = [k for k, _ in groups]
+    stored = {
+        (r[0], r[1], r[2], r[3], r[4]): r[5]
+        for r in await conn.fetch(_STORED_SQL, *_columns(keys), timeout=timeout_s)
+    }
+    sketches = await cpu(merged_sketches, groups, stored)
+    await conn.execute(_WRITE_SQL, *_columns(keys), sketches, timeout=timeout_s)
+    return len(keys)
+
+
+async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """A `Cpu` that runs `fn` right here (for tools and tests, not the service's loop)."""
+    return fn(*args)
