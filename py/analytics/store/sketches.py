@@ -33,20 +33,27 @@ MISSING = "!"
 def users_sql(dimensions: tuple[str, ...], where: str) -> str:
     """The distinct users of the events matching `where` (SQL over `e`, the events), per
     (customer, name, dimension or '' for the total, value, hour); events without a dimension
-    `d` under `!d` (`MISSING`)."""
+    `d` under `!d` (`MISSING`). Each dimension is read from the JSON once per event."""
+    dims = sorted(dimensions)
+    values = ", ".join(
+        f"{dimension_expr(d, 'e.properties', flags='e.flags')} AS d{i}" for i, d in enumerate(dims)
+    )
     singles = ["('', '')"]
-    for d in sorted(dimensions):
-        value = dimension_expr(d, "e.properties", flags="e.flags")
-        singles.append(f"('{d}', {value})")
-        singles.append(f"('{MISSING}{d}', CASE WHEN {value} IS NULL THEN '' END)")
+    for i, d in enumerate(dims):
+        singles.append(f"('{d}', f.d{i})")
+        singles.append(f"('{MISSING}{d}', CASE WHEN f.d{i} IS NULL THEN '' END)")
     return f"""
-SELECT e.customer_id, e.name, d.dim, d.val AS dim_value,
-       date_trunc('hour', e.ts, 'UTC') AS bucket,
-       array_agg(DISTINCT coalesce(i.user_id, e.user_id)) AS users
-FROM events e
-LEFT JOIN identities i ON i.customer_id = e.customer_id AND i.anonymous_id = e.user_id
-CROSS JOIN LATERAL (VALUES {", ".join(singles)}) AS d(dim, val)
-WHERE {where} AND e.user_id IS NOT NULL AND d.val IS NOT NULL
+WITH f AS MATERIALIZED (
+    SELECT e.customer_id, e.name, date_trunc('hour', e.ts, 'UTC') AS bucket,
+           coalesce(i.user_id, e.user_id) AS uid, {values}
+    FROM events e
+    LEFT JOIN identities i ON i.customer_id = e.customer_id AND i.anonymous_id = e.user_id
+    WHERE {where} AND e.user_id IS NOT NULL
+)
+SELECT f.customer_id, f.name, d.dim, d.val AS dim_value, f.bucket,
+       array_agg(DISTINCT f.uid) AS users
+FROM f CROSS JOIN LATERAL (VALUES {", ".join(singles)}) AS d(dim, val)
+WHERE d.val IS NOT NULL
 GROUP BY 1, 2, 3, 4, 5
 """
 
