@@ -203,6 +203,14 @@ def rollups(dsn: str) -> set[tuple]:
     return {tuple(r) for r in rows}
 
 
+def sketches(dsn: str, customer: str) -> dict[tuple, bytes]:
+    settle(dsn)
+    rows = fetch(dsn, """
+        SELECT s.name, s.dim, s.dim_value, s.bucket, s.sketch FROM rollup_users_hour s
+        JOIN customers c USING (customer_id) WHERE c.name = $1""", customer)  # fmt: skip
+    return {tuple(r[:4]): bytes(r[4]) for r in rows}
+
+
 def rollups_from_raw(dsn: str) -> set[tuple]:
     """The minute rollups recomputed from the raw events, as the writer computes them."""
     dims = ", ".join(["('', '')", *(f"('{d}', {dimension_expr(d)})" for d in DEFAULT_DIMENSIONS)])
@@ -240,6 +248,10 @@ def test_erase_takes_a_users_events_out_of_every_answer(app: dict) -> None:
 
     # The rollups are exactly what the remaining raw events make, no row left at zero.
     assert fetch(app["dsn"], "SELECT count(*) FROM events WHERE user_id = 'u1'")[0][0] == 0
+    # The unique users' sketches, rebuilt for the hours u1 was in, are byte for byte those of
+    # the customer that never had u1's events.
+    copy = sketches(app["dsn"], "copy")
+    assert copy and sketches(app["dsn"], "acme") == copy
     assert rollups(app["dsn"]) == rollups_from_raw(app["dsn"])
     assert fetch(app["dsn"], "SELECT count(*) FROM rollup_minute WHERE count <= 0")[0][0] == 0
 

@@ -25,6 +25,7 @@ CUSTOMER_TABLES = (
     "rollup_minute",
     "rollup_hour",
     "rollup_pair_hour",
+    "rollup_users_hour",
     "usage_outbox",
     "usage_dispatch",
     "api_keys",

@@ -10,6 +10,9 @@ subtraction upserts in key order, as the fold does, so it cannot deadlock with o
 Dedup records stay: a producer retrying an erased event within the dedup retention gets
 `duplicates`, and the event is not stored again. Billing usage already counted stays too.
 
+The unique users' sketches of the hours the erased events were in are built again from the
+events left (a sketch cannot forget a user).
+
 The rollups are computed for the configured dimensions; rows written under another
 configuration are subtracted as the current one reads the events.
 """
@@ -17,12 +20,14 @@ configuration are subtracted as the current one reads the events.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import orjson
 
 from analytics.store.notify import INVALIDATE
 from analytics.store.rollups import FOLD_LOCK, delete_emptied_sql, fold_sql, tables_for
+from analytics.store.sketches import add_users, inline, users_sql
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,24 @@ def erase_sql(dimensions: tuple[str, ...]) -> str:
             "(SELECT count(*) FROM gone) AS erased",
             "(SELECT count(*) FROM notified) AS notified",
             f"{changed} AS rollup_rows",
+            # The hours whose user sketches held the erased (folded) events: rebuilt after.
+            "(SELECT coalesce(json_agg(DISTINCT jsonb_build_array(name,"
+            " date_trunc('hour', ts, 'UTC'))), '[]') FROM src) AS touched",
         ),
     )
+
+
+#: The folded events of the touched hours, whose users make the rebuilt sketches.
+_REBUILD_WHERE = """e.customer_id = $1
+    AND (e.name, date_trunc('hour', e.ts, 'UTC')) IN (
+        SELECT n, b FROM unnest($2::text[], $3::timestamptz[]) AS t(n, b))
+    AND e.xid < (SELECT watermark FROM rollup_state)"""
+
+_DROP_SKETCHES_SQL = """
+DELETE FROM rollup_users_hour
+WHERE customer_id = $1 AND (name, bucket) IN (
+    SELECT n, b FROM unnest($2::text[], $3::timestamptz[]) AS t(n, b))
+"""
 
 
 # The user's identity links go too (Segment identify/alias, PostHog $identify): both ways.
@@ -90,4 +111,13 @@ async def erase_user(
             if rows and orjson.loads(rows):
                 status = await conn.execute(delete_emptied_sql(table), rows)
                 emptied += int(status.split()[-1])
+        # A sketch cannot forget a user: the touched hours' sketches are built again from
+        # the events left (deterministic, so equal to what folding those alone would make).
+        touched = orjson.loads(row["touched"])
+        if touched:
+            names = [n for n, _ in touched]
+            hours = [datetime.fromisoformat(b) for _, b in touched]
+            await conn.execute(_DROP_SKETCHES_SQL, customer_id, names, hours)
+            rebuild = users_sql(dimensions, _REBUILD_WHERE)
+            await add_users(conn, rebuild, (customer_id, names, hours), inline, 600.0)
     return Erased(row["erased"], row["rollup_rows"], emptied)

@@ -28,7 +28,7 @@ import asyncpg
 
 from analytics.store.notify import INVALIDATE
 from analytics.store.partitions import LOCK_KEY
-from analytics.store.rollups import ROLLUP_TABLES, RollupTable
+from analytics.store.rollups import ROLLUP_TABLES, SKETCH_TABLE, RollupTable
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ FROM (SELECT 1) AS one LEFT JOIN last l ON true
 """
 
 
-_DELETE_ROLLUPS = {t.name: _delete_rollups_sql(t) for t in ROLLUP_TABLES}
+#: Every table of rollups (and sketches) a dropped month's buckets are deleted from.
+_WITH_ROLLUPS = (*ROLLUP_TABLES, SKETCH_TABLE)
+_DELETE_ROLLUPS = {t.name: _delete_rollups_sql(t) for t in _WITH_ROLLUPS}
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ async def delete_rollups(
     transaction; returns how many. Each batch notifies the query caches of the events it
     touched."""
     deleted = 0
-    for table in ROLLUP_TABLES:
+    for table in _WITH_ROLLUPS:
         key = _first_key(table)
         while True:
             row = await pool.fetchrow(_DELETE_ROLLUPS[table.name], *key, start, end, batch)

@@ -58,6 +58,10 @@ ROLLUP_TABLES = (
 )
 
 
+#: The unique users' sketches (store/sketches.py): keyed like a single rollup, written apart.
+SKETCH_TABLE = RollupTable("rollup_users_hour", "hour", SINGLE_KEY)
+
+
 def single_table(interval: str) -> str:
     """The single-value rollup table answering `interval` (days from hours)."""
     return f"rollup_{'minute' if interval == 'minute' else 'hour'}"
