@@ -233,3 +233,24 @@ async def test_unique_users_estimated_from_sketches_match_the_exact_count(pool):
         for group, points in exact.items():
             for want, estimate in zip(points, got[group], strict=True):
                 assert abs(estimate - want) <= 4 * error * want + 1, (q, group)
+
+
+async def test_a_backlog_is_folded_in_bounded_transactions(pool):
+    """Many small commits and one large one, folded at most 120 events at a time (the large
+    transaction alone, since its events share one xid): every event is folded once, and the
+    answers equal those from the raw events."""
+    rng = random.Random(19)
+    for _ in range(10):
+        await store(pool, random_events(rng, 30))
+    await store(pool, random_events(rng, 500))  # one transaction, more than the bound
+    folder, folds, total = Folder(DEFAULT_DIMENSIONS), [], 0
+    async with pool.acquire() as conn:
+        while True:
+            folded = await folder.fold(conn, 30.0, max_events=120)
+            folds.append(folded.events)
+            total += folded.events
+            if not folded.more:
+                break
+    assert max(folds) == 500 and all(n <= 120 for n in folds if n != 500)
+    assert total == 800 and await pending_events(pool) == 0
+    await check_every_shape(pool)

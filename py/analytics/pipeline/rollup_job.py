@@ -15,6 +15,7 @@ import logging
 import time
 
 import anyio
+import anyio.lowlevel
 
 from analytics.runtime import prometheus
 from analytics.runtime.offload import Offload
@@ -54,16 +55,21 @@ class RollupJob:
         return folded
 
     async def run(self) -> None:
-        """Fold, then sleep `interval_s`, until cancelled."""
+        """Fold, then sleep `interval_s` (at once again while a backlog is left), until
+        cancelled."""
         while True:
-            await self.fold_once()
+            folded = await self.fold_once()
+            if folded is not None and folded.more:
+                await anyio.lowlevel.checkpoint()
+                continue
             await anyio.sleep(self._interval_s)
 
     async def final_fold(self, within_s: float = 5.0) -> None:
-        """The last fold at shutdown, shielded and bounded; failures are logged only (the
+        """The last folds at shutdown, shielded and bounded; failures are logged only (the
         next start folds what is left)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(within_s):
             try:
-                await self.fold_once()
+                while (folded := await self.fold_once()) is not None and folded.more:
+                    pass
             except Exception as e:
                 log.warning("final rollup fold failed: %r", e)

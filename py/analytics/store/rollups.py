@@ -177,10 +177,27 @@ _SOURCE = """SELECT customer_id, name, ts, value, properties, flags FROM events
     WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8"""
 
 
+#: Where a fold of at most $3 events ends: the transaction id of the first event past them
+#: (the events of one transaction are folded together: NULL when all fit, or when the first
+#: transaction alone holds more, then the fold takes that one transaction).
+_BOUND_SQL = """
+SELECT xid::text FROM events
+WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8
+ORDER BY xid OFFSET $3 LIMIT 1
+"""
+
+#: Events one fold takes at most: a backlog (a backfill, a restart after an outage) is folded
+#: in many short transactions rather than one that holds the snapshot's xmin back for minutes
+#: and hands the loop its users' sketches all at once.
+FOLD_MAX_EVENTS = 5_000
+
+
 @dataclass(frozen=True)
 class Folded:
     events: int
     watermark: int
+    #: Whether committed events were left for the next fold (it hit `FOLD_MAX_EVENTS`).
+    more: bool = False
 
 
 class Folder:
@@ -191,7 +208,11 @@ class Folder:
         self.users_sql = users_sql(dimensions, "e.xid >= $1::text::xid8 AND e.xid < $2::text::xid8")
 
     async def fold(
-        self, conn: asyncpg.Connection, timeout_s: float, cpu: Cpu = inline
+        self,
+        conn: asyncpg.Connection,
+        timeout_s: float,
+        cpu: Cpu = inline,
+        max_events: int = FOLD_MAX_EVENTS,
     ) -> Folded | None:
         """Fold every event committed since the last fold into the rollups and the user
         sketches (built by `cpu`, a worker thread in the service); None when another process
@@ -206,13 +227,21 @@ class Folder:
             low, high = state["watermark"], state["xmin"]
             if int(high) <= int(low):
                 return Folded(0, int(low))
+            bound = await conn.fetchval(_BOUND_SQL, low, high, max_events, timeout=timeout_s)
+            more = bound is not None
+            if more:
+                # Up to the transaction past the limit; at least the first one.
+                first = await conn.fetchval(
+                    "SELECT min(xid)::text FROM events WHERE xid >= $1::text::xid8", low
+                )
+                high = bound if int(bound) > int(first) else str(int(first) + 1)
             row = await conn.fetchrow(self.sql, low, high, timeout=timeout_s)
             if row["events"]:
                 await add_users(conn, self.users_sql, (low, high), cpu, timeout_s)
             await conn.execute(
                 "UPDATE rollup_state SET watermark = $1::text::xid8", high, timeout=timeout_s
             )
-        return Folded(row["events"], int(high))
+        return Folded(row["events"], int(high), more)
 
 
 async def watermark(conn: asyncpg.Connection | asyncpg.Pool) -> int:
