@@ -254,3 +254,22 @@ async def test_a_backlog_is_folded_in_bounded_transactions(pool):
     assert max(folds) == 500 and all(n <= 120 for n in folds if n != 500)
     assert total == 800 and await pending_events(pool) == 0
     await check_every_shape(pool)
+
+
+async def test_the_fold_bound_orders_transaction_ids_as_numbers(pool):
+    """Ids across a power of ten (7..12) sort as numbers, not as their text: the fold
+    takes the oldest transactions first, and no more events than its bound. (The rows are
+    given those ids, all long ended, and the watermark is set just below them.)"""
+    rng = random.Random(23)
+    rows = random_events(rng, 60)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE rollup_state SET watermark = '5'")
+        for i, xid in enumerate(range(7, 13)):
+            await conn.executemany(
+                "INSERT INTO events (customer_id, ts, name, dedup_key, received_at, user_id,"
+                " value, properties, flags, xid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb,"
+                f" $9, '{xid}')",
+                rows[i * 10 : (i + 1) * 10],
+            )
+        folded = await Folder(DEFAULT_DIMENSIONS).fold(conn, 30.0, max_events=25)
+    assert (folded.events, folded.watermark, folded.more) == (20, 9, True)

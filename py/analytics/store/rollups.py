@@ -181,10 +181,10 @@ _SOURCE = """SELECT customer_id, name, ts, value, properties, flags FROM events
 #: (the events of one transaction are folded together: NULL when all fit, or when the first
 #: transaction alone holds more, then the fold takes that one transaction).
 _BOUND_SQL = """
-SELECT xid::text FROM events
-WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8
-ORDER BY xid OFFSET $3 LIMIT 1
-"""
+SELECT e.xid::text AS bound FROM events e
+WHERE e.xid >= $1::text::xid8 AND e.xid < $2::text::xid8
+ORDER BY e.xid OFFSET $3 LIMIT 1
+"""  # (ordered by the column: `ORDER BY xid` would sort the text output, '1008' < '761')
 
 #: Events one fold takes at most: a backlog (a backfill, a restart after an outage) is folded
 #: in many short transactions rather than one that holds the snapshot's xmin back for minutes
