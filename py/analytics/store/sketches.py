@@ -79,8 +79,15 @@ def _columns(keys: Sequence[Key]) -> list[list[Any]]:
     return [list(c) for c in zip(*keys, strict=True)] if keys else [[], [], [], [], []]
 
 
-def merged_sketches(groups: list[tuple[Key, list[str]]], stored: dict[Key, bytes]) -> list[bytes]:
+def _groups(rows: Sequence[Any]) -> tuple[list[tuple[Key, list[str]]], list[list[Any]]]:
+    """The users query's rows as (key, users) and the keys as column lists (CPU)."""
+    groups = [((r[0], r[1], r[2], r[3], r[4]), list(r[5])) for r in rows]
+    return groups, _columns([k for k, _ in groups])
+
+
+def merged_sketches(groups: list[tuple[Key, list[str]]], stored_rows: Sequence[Any]) -> list[bytes]:
     """Each group's users as a sketch, merged with the one stored for its key (CPU: Rust)."""
+    stored = {(r[0], r[1], r[2], r[3], r[4]): r[5] for r in stored_rows}
     out = []
     for key, users in groups:
         sketch = hll_build(users)
@@ -93,19 +100,16 @@ async def add_users(
     conn: asyncpg.Connection, groups_sql: str, args: Sequence[object], cpu: Cpu, timeout_s: float
 ) -> int:
     """Merge the users `groups_sql` finds (a `users_sql`) into the stored sketches; returns
-    how many sketches were written. Runs inside the caller's transaction (the fold's)."""
+    how many sketches were written. Runs inside the caller's transaction (the fold's). What
+    is not the driver's own work runs through `cpu` (off the event loop in the service)."""
     rows = await conn.fetch(groups_sql, *args, timeout=timeout_s)
     if not rows:
         return 0
-    groups = [((r[0], r[1], r[2], r[3], r[4]), list(r[5])) for r in rows]
-    keys = [k for k, _ in groups]
-    stored = {
-        (r[0], r[1], r[2], r[3], r[4]): r[5]
-        for r in await conn.fetch(_STORED_SQL, *_columns(keys), timeout=timeout_s)
-    }
+    groups, key_columns = await cpu(_groups, rows)
+    stored = await conn.fetch(_STORED_SQL, *key_columns, timeout=timeout_s)
     sketches = await cpu(merged_sketches, groups, stored)
-    await conn.execute(_WRITE_SQL, *_columns(keys), sketches, timeout=timeout_s)
-    return len(keys)
+    await conn.execute(_WRITE_SQL, *key_columns, sketches, timeout=timeout_s)
+    return len(groups)
 
 
 async def inline(fn: Callable[..., Any], *args: Any) -> Any:
