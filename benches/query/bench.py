@@ -59,6 +59,11 @@ class ShapeRun:
     answer: dict | None = None
     points: int = 0
 
+    @property
+    def approximate(self) -> bool:
+        """Whether the service said its answer is an estimate (unique users from sketches)."""
+        return bool(self.answer and self.answer.get("approximate"))
+
 
 def _timed(client: Http, path: str, headers: dict) -> tuple[float, int, bytes]:
     t0 = time.perf_counter()

@@ -62,17 +62,27 @@ class Expected:
         return out
 
     def mismatch(self) -> str | None:
-        """None when the answer equals the oracle's series, else what differs."""
+        """None when the answer equals the oracle's series (an estimate: within 4 standard
+        errors of it), else what differs."""
         got = {s["group"]: [p["value"] for p in s["points"]] for s in self.answer["series"]}
         want = self.series()
         if set(got) != set(want):
             return f"groups differ: got {sorted(map(str, got))}, want {sorted(map(str, want))}"
+        # An estimate (unique users from sketches) must lie within 4 of its relative standard
+        # errors of the exact count; everything else must be exact.
+        error = self.answer.get("relative_standard_error") if self.answer.get("approximate") else 0
+
+        def differs(g: float, w: float) -> bool:
+            return abs(g - w) > 4 * error * w if error else g != w
+
         for group, points in want.items():
-            if got[group] != points:
+            if len(got[group]) != len(points) or any(
+                differs(g, w) for g, w in zip(got[group], points, strict=True)
+            ):
                 diffs = [
                     (i, g, w)
                     for i, (g, w) in enumerate(zip(got[group], points, strict=False))
-                    if g != w
+                    if differs(g, w)
                 ]
                 return (
                     f"group {group!r}: {len(diffs)} buckets differ, e.g. (i, got, want) {diffs[:3]}"

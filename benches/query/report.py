@@ -63,6 +63,8 @@ def markdown(meta: dict, runs: list[ShapeRun], checks: dict[str, str | None] | N
             verdict = "no answer"
         else:
             verdict = "exact" if checks[r.shape.key] is None else "**WRONG**"
+            if verdict == "exact" and r.approximate:
+                verdict = "within 4 SE (estimate)"
         lines.append(
             f"| {r.shape.title} | {r.points:,} | {_cell(cold, 'p50_ms')} | "
             f"{_cell(cold, 'p95_ms')} | {_cell(cold, 'max_ms')} | {_errors(cold)} | "
