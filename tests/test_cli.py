@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import anyio
 import asyncpg
@@ -13,18 +10,8 @@ import pytest
 
 from analytics.store.customers import CUSTOMER_TABLES
 from analytics.store.keys import lookup_key
+from cliproc import cli
 from dbutil import fetch
-
-
-def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": dsn}
-    return subprocess.run(
-        [sys.executable, "-m", "analytics.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def lookup(dsn: str, key: str):

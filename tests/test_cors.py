@@ -5,28 +5,16 @@ only for allowed origins, and publishable keys that cannot read or sign."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx2 as httpx
 import pytest
 
+from cliproc import cli
 from conftest import _temporary_database
 from serverproc import Server, running_server
 
 ALLOWED, OTHER = "https://app.example", "https://evil.example"
-
-
-def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "analytics.cli", *args],
-        env={**os.environ, "DATABASE_URL": dsn},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ writer and cache listener) serves the same database.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +22,7 @@ from analytics.settings import DEFAULT_DIMENSIONS, Settings
 from analytics.store.bootstrap import create_customer_key
 from analytics.store.dimensions import dimension_expr
 from analytics.store.export import export_events
+from cliproc import cli
 from dbutil import fetch, settle
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -33,16 +31,6 @@ START, END = NOW - timedelta(hours=2), NOW + timedelta(minutes=5)
 
 def iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "analytics.cli", *args],
-        env={**os.environ, "DATABASE_URL": dsn},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def bearer(dsn: str, customer: str, scopes: set[str]) -> dict[str, str]:

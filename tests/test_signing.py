@@ -25,21 +25,12 @@ import pytest
 from analytics.store.keys import lookup_key
 from analytics.store.migrations import load_migrations, migrate
 from analytics.store.rotation import RotationRefused, retire_signing, rotate_signing
+from cliproc import cli
 from conftest import _temporary_database
 from serverproc import Server, running_server
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BODY = b'{"name": "signup", "properties": {"plan": "pro"}}'
-
-
-def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "analytics.cli", *args],
-        env={**os.environ, "DATABASE_URL": dsn},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def signed_key(dsn: str, customer: str) -> dict:
