@@ -255,6 +255,7 @@ def seed_rows(dsn: str, customer_id: int) -> None:
         "INSERT INTO usage_outbox (customer_id, window_start, count) VALUES ($1, now(), 1)",
         "INSERT INTO usage_dispatch (customer_id, window_start, window_end, count,"
         " idempotency_key, created_at) VALUES ($1, now(), now(), 1, 'x', now())",
+        "INSERT INTO rate_buckets VALUES ($1, 'k', 1, now(), 1)",
     ):
         fetch(dsn, statement, customer_id)
 

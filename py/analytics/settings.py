@@ -105,11 +105,15 @@ class Settings:
     #: Longest wait between retries while billing is down, in seconds.
     billing_max_backoff_s: float = 30.0
 
-    # Per-key token bucket (per worker process).
+    # Per-key token bucket, shared by every worker and host (leased from PostgreSQL).
     #: Requests per second a key may make, sustained.
     rate_limit_per_s: float = 2000.0
     #: Requests a key may make in a burst.
     rate_limit_burst: float = 4000.0
+    #: A worker leases the tokens of this many seconds at the sustained rate per database
+    #: call (at least 1, at most a quarter of the burst): the limit may be exceeded by one
+    #: lease per worker.
+    rate_limit_lease_s: float = 0.05
 
     # Feature flags' defaults (rows in feature_flags override them at run time).
     #: Send usage to billing.

@@ -5,6 +5,11 @@ revoked key stops working within that time on every worker without a database ro
 per request. A key not in the cache while the database is unreachable gets a 503
 `database_unavailable` (api/dberrors.py); cached keys keep working through the outage.
 
+Rate limits are per key across every worker and host: tokens are leased in batches from a
+bucket row in PostgreSQL (runtime/leases.py), so a request costs a database call only when its
+worker's lease for the key is spent. While the database is unreachable a worker limits on
+its own (per-process bucket) rather than refusing every request.
+
 A publishable key (a browser's) only sends, and only from the origins it lists when the
 request carries an `Origin`. The key is left in the ASGI scope (`KEY_SCOPE`) for the CORS
 middleware, which decides from it whether the response may be read by that origin.
@@ -12,14 +17,14 @@ middleware, which decides from it whether the response may be read by that origi
 
 from __future__ import annotations
 
+import logging
 import math
-import time
 
 from starlette.requests import Request
 
-from analytics.api.dberrors import database_errors
+from analytics.api.dberrors import database_errors, unavailable
 from analytics.api.errors import ApiError
-from analytics.runtime.ratelimit import TokenBuckets
+from analytics.runtime.leases import LeasedBuckets
 from analytics.runtime.ttlcache import TtlCache
 from analytics.store.keys import KeyInfo
 
@@ -28,6 +33,8 @@ KeyCache = TtlCache[str, KeyInfo | None]
 
 #: Where `authenticate` leaves the request's key in the ASGI scope.
 KEY_SCOPE = "analytics.key"
+
+log = logging.getLogger(__name__)
 
 
 async def authenticate(request: Request, keys: KeyCache, scope: str) -> KeyInfo:
@@ -73,9 +80,20 @@ def _publishable(request: Request, info: KeyInfo, scope: str) -> None:
         )
 
 
-def rate_limit(buckets: TokenBuckets, key: KeyInfo) -> None:
+async def rate_limit(buckets: LeasedBuckets, key: KeyInfo) -> None:
     """429 with Retry-After when the key's token bucket is empty."""
-    wait = buckets.take(f"{key.customer_id}:{key.key_id}", time.monotonic())
+    name = f"{key.customer_id}:{key.key_id}"
+    if buckets.degraded():
+        wait = buckets.take_locally(name)
+    else:
+        try:
+            wait = await buckets.take(name)
+        except Exception as e:
+            if not unavailable(e):
+                raise
+            log.warning("rate limiting per process: %s: %s", type(e).__name__, e)
+            buckets.degrade()
+            wait = buckets.take_locally(name)
     if wait:
         raise ApiError(
             429,

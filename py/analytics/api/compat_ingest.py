@@ -102,7 +102,7 @@ async def ingest_compat(
             raise ApiError(401, "missing_key", _MISSING_KEY[dialect.partition("/")[0]])
         with timed(request, "auth"):
             key = await check_key(request, svc.keys, body_key, "write")
-    rate_limit(svc.buckets, key)
+    await rate_limit(svc.buckets, key)
     if key.signing_keys and svc.flags.enabled("signature_enforcement"):
         raise ApiError(
             403,

@@ -88,7 +88,7 @@ async def _ingest(request: Request, batch: bool) -> Response:
     settings = svc.settings
     with timed(request, "auth"):
         key = await authenticate(request, svc.keys, "write")
-        rate_limit(svc.buckets, key)
+        await rate_limit(svc.buckets, key)
     ndjson = _media(request, batch)
     encoding = encoding_of(request)
     cap = settings.max_batch_body_bytes if batch else settings.max_event_body_bytes

@@ -208,7 +208,7 @@ async def get_metrics(request: Request) -> Response:
     include the current bucket are always computed. 503 while the database is unreachable."""
     svc = services_of(request)
     key = await authenticate(request, svc.keys, "read")
-    rate_limit(svc.buckets, key)
+    await rate_limit(svc.buckets, key)
     q = parse_query(request, key.customer_id)
     limit = _limit(request.query_params.get("limit", "20"))
     with database_errors("query"):

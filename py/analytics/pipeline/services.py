@@ -18,6 +18,7 @@ from analytics.pipeline.invalidation import Invalidator
 from analytics.pipeline.rollup_job import RollupJob
 from analytics.pipeline.writer import GroupCommitWriter
 from analytics.runtime.flags import Flags
+from analytics.runtime.leases import LeasedBuckets, lease_size
 from analytics.runtime.offload import Offload
 from analytics.runtime.querycache import QueryCache
 from analytics.runtime.ratelimit import TokenBuckets
@@ -28,6 +29,7 @@ from analytics.store import db
 from analytics.store.keys import KeyInfo, lookup_key
 from analytics.store.notify import notify
 from analytics.store.pool import connect
+from analytics.store.rate_buckets import lease_tokens
 from analytics.store.rotation import origin_listed
 
 #: Attempts the billing SDK makes itself before the dispatcher sees a failure.
@@ -46,7 +48,7 @@ class Services:
     origins: TtlCache[str, bool]
     invalidator: Invalidator
     flags: Flags
-    buckets: TokenBuckets
+    buckets: LeasedBuckets
     event_limits: Limits
     batch_limits: Limits
     dispatcher: BillingDispatcher | None = None
@@ -60,6 +62,31 @@ def ingest_limits(settings: Settings) -> tuple[Limits, Limits]:
     return (
         Limits(max_body_bytes=settings.max_event_body_bytes, max_events=1),
         Limits(max_body_bytes=settings.max_batch_body_bytes, max_events=settings.max_batch_events),
+    )
+
+
+def leased_buckets(settings: Settings, pool: db.Pool) -> LeasedBuckets:
+    """The per-key rate limits: leases from the shared buckets (`rate_buckets` rows), a
+    per-process bucket while the database is unreachable."""
+    rate, burst = settings.rate_limit_per_s, settings.rate_limit_burst
+
+    async def lease(name: str, want: int) -> tuple[int, float]:
+        customer_id, _, key_id = name.partition(":")
+        got = await lease_tokens(
+            pool,
+            int(customer_id),
+            key_id,
+            want,
+            rate_per_s=rate,
+            burst=burst,
+            acquire_timeout_s=settings.acquire_timeout_s,
+        )
+        return got.granted, got.wait_s(rate)
+
+    return LeasedBuckets(
+        lease,
+        lease_size(rate, burst, settings.rate_limit_lease_s),
+        TokenBuckets(rate, burst),
     )
 
 
@@ -106,7 +133,7 @@ def build_services(settings: Settings, pool: db.Pool) -> Services:
             functools.partial(notify, pool),
         ),
         flags=flags,
-        buckets=TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
+        buckets=leased_buckets(settings, pool),
         event_limits=ingest_limits(settings)[0],
         batch_limits=ingest_limits(settings)[1],
     )

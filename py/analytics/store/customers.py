@@ -28,6 +28,7 @@ CUSTOMER_TABLES = (
     "rollup_users_hour",
     "usage_outbox",
     "usage_dispatch",
+    "rate_buckets",
     "api_keys",
     "customers",
 )
