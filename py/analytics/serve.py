@@ -108,7 +108,12 @@ def _trio_installed() -> bool:
     return True
 
 
-def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int = 20) -> int:
+def serve(
+    settings: Settings,
+    worker_class: str = "uvloop",
+    stub_latency_ms: int = 20,
+    citus_workers: int = 0,
+) -> int:
     """Serve until SIGTERM/SIGINT (0 once the workers drained) or until workers keep dying
     (non-zero, see `analytics.workers`). Raises `ServeError` when it cannot start."""
     if worker_class == "trio" and not _trio_installed():
@@ -118,20 +123,57 @@ def serve(settings: Settings, worker_class: str = "uvloop", stub_latency_ms: int
             exit_code=2,
         )
     configure_logging()
-    embedded = not settings.database_url
+    if citus_workers and settings.database_url:
+        raise ServeError("--citus-workers starts a local cluster: unset DATABASE_URL", 2)
+    embedded = not settings.database_url and not citus_workers
     config = hypercorn_config(settings, worker_class)
     sockets = _listen(config, settings)  # first: a taken port fails before anything starts
     try:
-        return _serve(settings, config, sockets, stub_latency_ms, embedded)
+        return _serve(settings, config, sockets, stub_latency_ms, embedded, citus_workers)
     finally:
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.close()
 
 
+def _citus(settings: Settings, workers: int) -> Settings:
+    """`settings` on a local Citus cluster (built and started as needed, joined): its
+    coordinator's DSN."""
+    from analytics.store import citus_cluster
+    from analytics.store.citus import create_extension, join_cluster
+
+    citus_cluster.ensure_citus_built(settings.citus_src)
+    coordinator, ports = citus_cluster.start_cluster(settings.data_dir, workers)
+    url = citus_cluster.dsn(coordinator)
+
+    async def join() -> None:
+        for port in ports:
+            node = await connect(citus_cluster.dsn(port), settings)
+            try:
+                await create_extension(node)
+            finally:
+                await node.close()
+        conn = await connect(url, settings)
+        try:
+            await join_cluster(conn, coordinator, ports)
+        finally:
+            await conn.close()
+
+    anyio.run(join)
+    print(f"Citus coordinator on {url}, workers on ports {ports}", flush=True)
+    return replace(settings, database_url=url)
+
+
 def _serve(
-    settings: Settings, config: Config, sockets: Sockets, stub_latency_ms: int, embedded: bool
+    settings: Settings,
+    config: Config,
+    sockets: Sockets,
+    stub_latency_ms: int,
+    embedded: bool,
+    citus_workers: int = 0,
 ) -> int:
     try:
+        if citus_workers:
+            settings = _citus(settings, citus_workers)
         settings = resolve_database(settings)
         lines = anyio.run(_prepare, settings)
     except Exception as e:
@@ -211,11 +253,18 @@ def add_serve_command(subparsers) -> None:
         help="Hypercorn worker class (default uvloop)",
     )
 
+    p.add_argument(
+        "--citus-workers",
+        type=_positive,
+        help="serve on a local Citus cluster of a coordinator and this many workers, under"
+        " the data dir (Citus built from CITUS_SRC once)",
+    )
+
     def handler(args) -> int:
         overrides = {k: getattr(args, k) for k in ("host", "port", "workers")}
         settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
         try:
-            return serve(settings, args.worker_class, args.stub_latency_ms)
+            return serve(settings, args.worker_class, args.stub_latency_ms, args.citus_workers or 0)
         except ServeError as e:
             print(f"analytics serve: {e}", file=sys.stderr, flush=True)
             return e.exit_code

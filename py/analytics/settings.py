@@ -15,7 +15,7 @@ from pathlib import Path
 DEFAULT_DIMENSIONS = ("path", "referrer_host", "utm.source", "country", "browser")
 
 #: Settings read from a variable other than `ANALYTICS_<FIELD>`: the names other tools use.
-ENV_NAMES = {"database_url": "DATABASE_URL", "billing_url": "BILLING_URL"}
+ENV_NAMES = {"database_url": "DATABASE_URL", "billing_url": "BILLING_URL", "citus_src": "CITUS_SRC"}
 
 
 def env_name(field_name: str) -> str:
@@ -104,6 +104,10 @@ class Settings:
     billing_poll_s: float = 1.0
     #: Longest wait between retries while billing is down, in seconds.
     billing_max_backoff_s: float = 30.0
+
+    #: The Citus source tarball `serve --citus-workers` builds into the embedded PostgreSQL
+    #: (once per tarball). Read from CITUS_SRC.
+    citus_src: Path = Path("../shared/vendor/citus-13.2.2.tar.gz")
 
     # Per-key token bucket, shared by every worker and host (leased from PostgreSQL).
     #: Requests per second a key may make, sustained.

@@ -39,6 +39,8 @@ async def _migrate(conn, args: argparse.Namespace) -> int:
     print(f"applied: {', '.join(done.migrations)}" if done.migrations else "schema up to date")
     if done.partitions:
         print(f"partitions created: {', '.join(done.partitions)}")
+    if done.distributed:
+        print(f"distributed on Citus: {', '.join(done.distributed)}")
     return 0
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 
 import asyncpg
 
+from analytics.store.citus import distribute
 from analytics.store.keys import CreatedKey, create_customer, create_key
 from analytics.store.migrations import migrate
 from analytics.store.partitions import ensure_partitions
@@ -23,6 +24,8 @@ class Prepared:
 
     migrations: list[str]
     partitions: list[str]
+    #: Tables made distributed or reference tables (on a Citus coordinator; store/citus.py).
+    distributed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,11 @@ class CustomerKeys:
 
 
 async def prepare(conn: asyncpg.Connection, now: datetime) -> Prepared:
-    """Apply pending migrations, then create the event partitions around `now`. Idempotent."""
+    """Apply pending migrations, distribute the tables on Citus, then create the event
+    partitions around `now`. Idempotent."""
     applied = await migrate(conn)
-    return Prepared(applied, await ensure_partitions(conn, now))
+    distributed = tuple(await distribute(conn))
+    return Prepared(applied, await ensure_partitions(conn, now), distributed)
 
 
 async def first_start(conn: asyncpg.Connection, now: datetime) -> CustomerKeys | None:

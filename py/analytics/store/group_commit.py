@@ -131,11 +131,12 @@ WITH base AS (
     FROM winners GROUP BY customer_id ORDER BY customer_id
 ), notified AS (
     -- Cache invalidation: one notification per (customer, event name) loaded, with the
-    -- event-time range it covers; delivered only on commit, in commit order.
+    -- event-time range it covers; delivered only on commit, in commit order. (As text: Citus
+    -- materializes the CTE, and a column cannot be of type void.)
     SELECT pg_notify('{INVALIDATE}', json_build_array(
                customer_id::bigint, name,
                (extract(epoch FROM min(ts)) * 1e6)::bigint,
-               (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)
+               (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)::text AS sent
     FROM staging GROUP BY customer_id, name
 )
 SELECT width_bucket(rel, $2::bigint[]) - 1 AS req, count(*) AS inserted

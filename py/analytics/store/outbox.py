@@ -15,11 +15,21 @@ import asyncpg
 #: A dispatch still to be sent: neither accepted by billing nor parked for an operator.
 _UNSENT = "sent_at IS NULL AND failed_at IS NULL"
 
+# The customers with closed windows to claim (no lock: the claim below skips what another
+# dispatcher locked), then one claim per customer: a row lock (FOR UPDATE) on a distributed
+# table needs an equality on its distribution column under Citus, and one customer's claim
+# is one shard's statement there.
+_CLAIMABLE_SQL = """
+SELECT DISTINCT customer_id FROM usage_outbox
+WHERE dispatch_id IS NULL AND window_start < $1
+ORDER BY customer_id LIMIT $2
+"""
+
 _CLAIM_SQL = """
 WITH claimed AS (
     SELECT customer_id, id, window_start, count FROM usage_outbox
-    WHERE dispatch_id IS NULL AND window_start < $1
-    ORDER BY customer_id, id
+    WHERE customer_id = $5 AND dispatch_id IS NULL AND window_start < $1
+    ORDER BY id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ), groups AS (
@@ -34,7 +44,7 @@ WITH claimed AS (
 )
 UPDATE usage_outbox o SET dispatch_id = m.dispatch_id
 FROM made m JOIN groups g USING (customer_id, window_start)
-WHERE o.customer_id = m.customer_id AND o.id = ANY (g.ids)
+WHERE o.customer_id = $5 AND o.customer_id = m.customer_id AND o.id = ANY (g.ids)
 """
 
 # The key is derived from the dispatch row, so it is fixed before the first attempt.
@@ -60,7 +70,8 @@ async def claim_windows(
 ) -> None:
     """Turn up to `limit` outbox rows of windows starting before `before` into dispatches."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(_CLAIM_SQL, before, window, limit, now)
+        for row in await conn.fetch(_CLAIMABLE_SQL, before, limit):
+            await conn.execute(_CLAIM_SQL, before, window, limit, now, row["customer_id"])
         await conn.execute(_KEY_SQL)
 
 

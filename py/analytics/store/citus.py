@@ -1,0 +1,86 @@
+"""The schema on Citus: which tables are distributed by customer and which are replicated.
+
+`analytics migrate` calls `distribute` after the migrations: on a database without the citus
+extension it does nothing; on a Citus coordinator it turns every customer table into a
+distributed table on `customer_id`, all colocated with `events` (a customer's events, dedup
+records, rollups, usage, keys and rate buckets live in the same shard group, so every
+statement of one customer routes to one worker and joins between them stay local), and the
+small global tables into reference tables (a copy on every node). Tables already
+distributed are left as they are, so it runs again harmlessly. Rules and reasons:
+deploy/citus.md.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+#: Replicated to every node: small, global, read by every worker's statements.
+REFERENCE_TABLES = ("customers", "feature_flags", "rollup_state")
+
+#: Distributed by customer_id, colocated with `events` (the first one), in this order:
+#: `api_keys` refers to `customers` (a foreign key to a reference table is allowed).
+DISTRIBUTED_TABLES = (
+    "events",
+    "dedup",
+    "identities",
+    "rollup_minute",
+    "rollup_hour",
+    "rollup_pair_hour",
+    "usage_outbox",
+    "usage_dispatch",
+    "rate_buckets",
+    "api_keys",
+)
+
+#: Shards per distributed table: a few per core of a small cluster (each commit touching
+#: many customers fans out to the shards they fall in).
+SHARD_COUNT = 16
+
+
+async def is_citus(conn: asyncpg.Connection) -> bool:
+    """Whether the citus extension is installed in this database."""
+    return bool(await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'citus'"))
+
+
+async def create_extension(conn: asyncpg.Connection) -> None:
+    """On every node, before joining: Citus in the database the service uses."""
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+
+
+async def join_cluster(conn: asyncpg.Connection, coordinator_port: int, workers: list[int]) -> None:
+    """On the coordinator: name it, and add each worker (on 127.0.0.1) not added yet."""
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+    await conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', $1)", coordinator_port)
+    for port in workers:
+        known = await conn.fetchval(
+            "SELECT count(*) FROM pg_dist_node WHERE nodename = '127.0.0.1' AND nodeport = $1",
+            port,
+        )
+        if not known:
+            await conn.execute("SELECT citus_add_node('127.0.0.1', $1)", port)
+
+
+async def distribute(conn: asyncpg.Connection) -> list[str]:
+    """Distribute what is not yet (see the module's doc); the tables it changed."""
+    if not await is_citus(conn):
+        return []
+    done = {
+        r["t"]
+        for r in await conn.fetch("SELECT logicalrelid::regclass::text AS t FROM pg_dist_partition")
+    }
+    changed = []
+    await conn.execute(f"SET citus.shard_count = {SHARD_COUNT}")
+    for table in REFERENCE_TABLES:
+        if table not in done:
+            await conn.execute("SELECT create_reference_table($1)", table)
+            changed.append(table)
+    for table in DISTRIBUTED_TABLES:
+        if table not in done:
+            colocate = "none" if table == DISTRIBUTED_TABLES[0] else DISTRIBUTED_TABLES[0]
+            await conn.execute(
+                "SELECT create_distributed_table($1, 'customer_id', colocate_with => $2)",
+                table,
+                colocate,
+            )
+            changed.append(table)
+    return changed
