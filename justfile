@@ -4,6 +4,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 export VIRTUAL_ENV := justfile_directory() / ".venv"
 export PYO3_PYTHON := VIRTUAL_ENV / "bin/python"
 py := VIRTUAL_ENV / "bin/python"
+# The Citus source tarball: CITUS_SRC, else ../shared/vendor/ beside the repository (beside
+# the main checkout when this is a git worktree).
+export CITUS_SRC := env_var_or_default("CITUS_SRC", `git rev-parse --path-format=absolute --git-common-dir 2>/dev/null || echo "$PWD/.git"` / "../../shared/vendor/citus-13.2.2.tar.gz")
 
 # Run the tests (what `just` alone does).
 default: test
@@ -66,6 +69,20 @@ lint: build
 # Run the service (embedded PostgreSQL unless DATABASE_URL is set) on 127.0.0.1:8000.
 serve *ARGS: build
     "$VIRTUAL_ENV/bin/analytics" serve {{ARGS}}
+
+# Builds Citus from CITUS_SRC into the embedded PostgreSQL once (rebuilt only for another
+# tarball), starts a coordinator and WORKERS workers under .analytics/citus/, joins them,
+# migrates (the tables distributed by customer) and serves on the coordinator. e.g.
+# `just citus 2 --port 8001`. Design and rules: deploy/citus.md.
+# Run the service on a local Citus cluster (same flags as serve).
+citus WORKERS="2" *ARGS: build
+    "$VIRTUAL_ENV/bin/analytics" serve --citus-workers {{WORKERS}} {{ARGS}}
+
+# tests/test_citus.py against a cluster of a coordinator and two workers built from
+# CITUS_SRC (default ../shared/vendor/citus-13.2.2.tar.gz); `just test` skips it.
+# The Citus suite: ingest, dedup, exact answers, invalidation on a real cluster.
+test-citus *ARGS: build
+    CITUS_TESTS=1 "{{py}}" -m pytest tests/test_citus.py {{ARGS}}
 
 # Starts PostgreSQL, the billing stub and the server (pinned to core 0), writes
 # benches/results/<timestamp>/. e.g. `just load --quick`, `just load --compare` (the case

@@ -14,6 +14,15 @@ The tables (migration 0004), all counts and sums:
 - `rollup_pair_hour`: per pair of dimension values (`dim_a < dim_b`), for a filter together
   with a group-by, or two filters (hour and day queries).
 
+On Citus (deploy/citus.md) `xid` is the coordinator's transaction id (the default is
+evaluated there, for the rows the coordinator sends to the shards) and xmin the coordinator's:
+a multi-node commit is prepared on the workers, committed on the coordinator (leaving its
+snapshot), then committed on the workers. So after reading xmin the fold waits until every
+transaction then prepared on a worker has ended (`_settled`): each transaction below xmin
+is then visible on its worker. The fold writes through one connection per worker
+(`multi_shard_modify_mode = sequential`), so a worker shows the new rollups and its copy of
+the new watermark at once, and a query reads both there in one snapshot (store/series.py).
+
 Folding many events at once is what makes this cheap: a second of events lands in one row
 per (name, dimension value, minute), instead of one upsert per event and dimension at every
 commit. Erasure (store/erase.py) subtracts with the same SQL (`fold_sql(sign=-1)`), holding
@@ -25,8 +34,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 
+import time
+
+import anyio
 import asyncpg
 
+from analytics.store.citus import is_citus
 from analytics.store.dimensions import dimension_expr
 from analytics.store.sketches import Cpu, add_users, inline, users_sql
 
@@ -192,6 +205,32 @@ ORDER BY e.xid OFFSET $3 LIMIT 1
 #: the loop: ~10 ms for 2,000 events of a backfill).
 FOLD_MAX_EVENTS = 2_000
 
+#: One connection per worker for the fold's writes (a Citus setting; a placeholder elsewhere).
+_SEQUENTIAL_SQL = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
+
+#: The transactions prepared on the workers now (their gids), Citus only.
+_PREPARED_SQL = """
+SELECT coalesce(string_agg(result, ','), '') FROM run_command_on_workers(
+    $$SELECT coalesce(string_agg(gid, ','), '') FROM pg_prepared_xacts$$)
+"""
+
+#: Longest wait for prepared transactions to end before a fold gives up its round.
+SETTLE_S = 2.0
+
+
+async def _settled(conn: asyncpg.Connection, timeout_s: float) -> bool:
+    """Whether every transaction prepared on a worker when this was called has ended (within
+    `SETTLE_S`): committed or rolled back there, so its rows are final."""
+    first = {g for g in (await conn.fetchval(_PREPARED_SQL, timeout=timeout_s)).split(",") if g}
+    deadline = time.monotonic() + SETTLE_S
+    while first:
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(0.005)
+        now = await conn.fetchval(_PREPARED_SQL, timeout=timeout_s)
+        first &= set(now.split(","))
+    return True
+
 
 @dataclass(frozen=True)
 class Folded:
@@ -207,6 +246,7 @@ class Folder:
     def __init__(self, dimensions: tuple[str, ...]) -> None:
         self.sql = fold_sql(dimensions, _SOURCE)
         self.users_sql = users_sql(dimensions, "e.xid >= $1::text::xid8 AND e.xid < $2::text::xid8")
+        self._citus: bool | None = None
 
     async def fold(
         self,
@@ -218,16 +258,21 @@ class Folder:
         """Fold every event committed since the last fold into the rollups and the user
         sketches (built by `cpu`, a worker thread in the service); None when another process
         holds the job's lock (it is folding)."""
+        if self._citus is None:
+            self._citus = await is_citus(conn)
         async with conn.transaction():
             locked = await conn.fetchval(
                 "SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK, timeout=timeout_s
             )
             if not locked:
                 return None
+            await conn.execute(_SEQUENTIAL_SQL, timeout=timeout_s)
             state = await conn.fetchrow(_STATE_SQL, timeout=timeout_s)
             low, high = state["watermark"], state["xmin"]
             if int(high) <= int(low):
                 return Folded(0, int(low))
+            if self._citus and not await _settled(conn, timeout_s):
+                return Folded(0, int(low))  # a worker's commit is in doubt: next round
             bound = await conn.fetchval(_BOUND_SQL, low, high, max_events, timeout=timeout_s)
             more = bound is not None
             if more:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from analytics.store.dimensions import dimension_expr
-from analytics.store.series import WATERMARK_SQL, MetricsQuery
+from analytics.store.series import MetricsQuery, read_watermark
 from analytics.store.sketches import MISSING
 
 #: A unique-users query over at most this many events is counted exactly from the raw events
@@ -56,7 +56,7 @@ async def fetch_uniques(
     grouped = q.group_by is not None and value is None
     async with pool.acquire(timeout=timeout_s) as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            mark = await conn.fetchval(WATERMARK_SQL)
+            mark = await read_watermark(conn, q.customer_id)
             events = await conn.fetchval(
                 "SELECT coalesce(sum(count), 0) FROM rollup_hour WHERE customer_id = $1"
                 " AND name = $2 AND dim = $3 AND bucket >= $4 AND bucket < $5"

@@ -1,0 +1,176 @@
+"""The service on a real Citus cluster (a coordinator and two workers, built from CITUS_SRC):
+the schema distributed by customer, ingest and dedup through the group commit, exact answers
+before and after the rollup job folds, cache invalidation by the coordinator's NOTIFY, and
+the shared rate buckets.
+
+Run by `just test-citus` (CITUS_TESTS=1); skipped otherwise: building Citus takes about a
+minute the first time, and the cluster a few seconds per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import httpx2 as httpx
+import pytest
+
+from analytics.settings import Settings
+from analytics.store import citus_cluster
+from analytics.store.citus import (
+    DISTRIBUTED_TABLES,
+    REFERENCE_TABLES,
+    create_extension,
+    join_cluster,
+)
+from analytics.store.pool import connect
+from tests.dbutil import fetch, fetchval, settle
+from tests.serverproc import running_server
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("CITUS_TESTS") != "1", reason="a Citus cluster: `just test-citus`"
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def citus_dsn(tmp_path_factory) -> Iterator[str]:
+    src = Path(os.environ.get("CITUS_SRC") or ROOT / "../shared/vendor/citus-13.2.2.tar.gz")
+    citus_cluster.ensure_citus_built(src)
+    data_dir = tmp_path_factory.mktemp("citus")
+    coordinator, workers = citus_cluster.start_cluster(data_dir, 2)
+    settings = Settings(database_url=citus_cluster.dsn(coordinator))
+
+    async def join() -> None:
+        for port in workers:
+            node = await connect(citus_cluster.dsn(port), settings)
+            await create_extension(node)
+            await node.close()
+        conn = await connect(settings.database_url, settings)
+        await join_cluster(conn, coordinator, workers)
+        await conn.close()
+
+    try:
+        anyio.run(join)
+        yield settings.database_url
+    finally:
+        citus_cluster.stop_cluster(data_dir / "citus")
+
+
+def cli(dsn: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "analytics.cli", *args],
+        env={**os.environ, "DATABASE_URL": dsn},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def create_key(dsn: str, customer: str) -> dict:
+    out = cli(dsn, "keys", "create", "--customer", customer, "--scopes", "write,read", "--json")
+    return json.loads(out.stdout)
+
+
+def test_migrate_distributes_customer_tables_colocated_and_replicates_the_small_ones(citus_dsn):
+    cli(citus_dsn, "migrate")
+    rows = fetch(
+        citus_dsn,
+        "SELECT logicalrelid::regclass::text AS t, partmethod::text AS m, colocationid AS c"
+        " FROM pg_dist_partition",
+    )
+    kinds = {r["t"]: (r["m"], r["c"]) for r in rows}
+    assert {t for t, (m, _) in kinds.items() if m == "n"} == set(REFERENCE_TABLES)
+    colocations = {kinds[t][1] for t in DISTRIBUTED_TABLES}
+    assert all(kinds[t][0] == "h" for t in DISTRIBUTED_TABLES) and len(colocations) == 1
+    # Every monthly partition of events is distributed with it.
+    parts = fetch(citus_dsn, "SELECT inhrelid::regclass::text AS p FROM pg_inherits"
+                  " WHERE inhparent = 'events'::regclass")  # fmt: skip
+    assert parts and all(kinds[p["p"]] == kinds["events"] for p in parts)
+    assert cli(citus_dsn, "migrate").stdout.strip() == "schema up to date"  # harmless again
+
+
+def _burn_coordinator_xids(dsn: str, n: int) -> None:
+    """Move the coordinator's transaction ids far from the workers' (a written subtransaction
+    takes one each), so an xid from the wrong node could not pass for the right one."""
+    fetch(
+        dsn,
+        "DO $$ BEGIN CREATE TEMP TABLE burn (x int); FOR i IN 1.." + str(n) + " LOOP"
+        " BEGIN INSERT INTO burn VALUES (1); EXCEPTION WHEN others THEN NULL; END;"
+        " END LOOP; END $$",
+    )
+
+
+def test_ingest_dedup_exact_answers_and_invalidation_on_citus(citus_dsn, tmp_path):
+    cli(citus_dsn, "migrate")
+    keys = [create_key(citus_dsn, f"citus-{uuid.uuid4().hex[:8]}") for _ in range(4)]
+    _burn_coordinator_xids(citus_dsn, 20_000)
+    before = int(fetchval(citus_dsn, "SELECT pg_current_xact_id()::text"))
+    hour_ago = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    env = {"ANALYTICS_DATA_DIR": str(tmp_path), "ANALYTICS_ROLLUP_INTERVAL_S": "0.2"}
+    with (
+        running_server(citus_dsn, "--workers", "2", **env) as server,
+        httpx.Client(base_url=server.base, timeout=30) as http,
+    ):
+        sent: dict[int, int] = {}
+        for round_ in range(5):  # each batch of a customer lands in a commit of many
+            for k in keys:
+                events = [
+                    {"name": "Citus", "event_id": f"r{round_}-{i}", "ts": int(hour_ago.timestamp()
+                     * 1000) + i, "properties": {"path": f"/p{i % 3}"}}
+                    for i in range(20)
+                ]  # fmt: skip
+                events.append(events[0])  # a duplicate within the batch
+                r = http.post("/v1/batch", json={"events": events},
+                              headers={"Authorization": f"Bearer {k['key']}"})  # fmt: skip
+                assert r.status_code == 200, r.text
+                assert r.json()["accepted"] == 20 and r.json()["duplicates"] == 1
+                sent[k["customer_id"]] = sent.get(k["customer_id"], 0) + 20
+        # A retry of a whole batch is all duplicates.
+        r = http.post("/v1/batch", json={"events": events},
+                      headers={"Authorization": f"Bearer {keys[-1]['key']}"})  # fmt: skip
+        assert (r.json()["accepted"], r.json()["duplicates"]) == (0, 21)
+
+        def answer(k, **params) -> list[int]:
+            q = {"event": "citus", "interval": "hour", "from": hour_ago.isoformat(),
+                 "to": (hour_ago + timedelta(hours=1)).isoformat(), **params}  # fmt: skip
+            r = http.get("/v1/metrics", params=q, headers={"Authorization": f"Bearer {k['key']}"})
+            assert r.status_code == 200, r.text
+            return [p["value"] for s in r.json()["series"] for p in s["points"]]
+
+        for k in keys:  # exact whether folded yet or not
+            assert answer(k) == [sent[k["customer_id"]]]
+        settle(citus_dsn)
+        for k in keys:
+            assert answer(k) == [sent[k["customer_id"]]]
+            assert sorted(answer(k, group_by="path")) == [30, 35, 35]
+        # The events carry the coordinator's transaction ids (what the watermark is made of).
+        low = int(fetchval(citus_dsn, "SELECT min(xid)::text FROM events WHERE name = 'citus'"))
+        assert low > before
+        total = fetchval(citus_dsn, "SELECT sum(count) FROM rollup_hour WHERE name = 'citus'"
+                         " AND dim = ''")  # fmt: skip
+        assert total == sum(sent.values())
+
+        # A closed range answered once is cached; a backfill into it invalidates it (NOTIFY
+        # from the commit on the coordinator, LISTEN on a direct connection to it).
+        k = keys[0]
+        assert answer(k) == [100]
+        late = {"name": "Citus", "event_id": "late", "ts": int(hour_ago.timestamp() * 1000)}
+        r = http.post("/v1/events", json=late, headers={"Authorization": f"Bearer {k['key']}"})
+        assert r.json()["accepted"] == 1
+        deadline = time.monotonic() + 10
+        while answer(k) != [101]:
+            assert time.monotonic() < deadline, "the cached answer was never invalidated"
+            time.sleep(0.05)
+        # The rate limit's leases went through the shared buckets.
+        assert fetchval(citus_dsn, "SELECT count(*) FROM rate_buckets WHERE customer_id = $1",
+                        k["customer_id"]) >= 1  # fmt: skip
