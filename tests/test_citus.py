@@ -22,6 +22,8 @@ from pathlib import Path
 import anyio
 import httpx2 as httpx
 import pytest
+from tests.dbutil import fetch, fetchval, settle
+from tests.serverproc import running_server
 
 from analytics.settings import Settings
 from analytics.store import citus_cluster
@@ -32,8 +34,6 @@ from analytics.store.citus import (
     join_cluster,
 )
 from analytics.store.pool import connect
-from tests.dbutil import fetch, fetchval, settle
-from tests.serverproc import running_server
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("CITUS_TESTS") != "1", reason="a Citus cluster: `just test-citus`"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 import anyio
 
@@ -139,6 +140,12 @@ def _stop(args: argparse.Namespace) -> int:
     if settings.database_url:
         return fail(_ONLY_EMBEDDED.format("stop"))
     print("stopped" if stop_embedded(settings.data_dir) else "not running")
+    citus = Path(settings.data_dir).expanduser().resolve() / "citus"
+    if citus.exists():  # `serve --citus-workers`' nodes (store/citus_cluster.py)
+        from analytics.store.citus_cluster import stop_cluster
+
+        stopped = stop_cluster(citus)
+        print(f"Citus nodes stopped: {', '.join(stopped)}" if stopped else "Citus: not running")
     return 0
 
 

@@ -31,10 +31,9 @@ the job's lock so the watermark cannot move under it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from itertools import combinations
-
-import time
 
 import anyio
 import asyncpg
