@@ -12,6 +12,11 @@ CPU is read from /proc/<pid>/schedstat (nanoseconds on CPU, exact, unlike the 10
 /proc/<pid>/stat), so it is steady even on a busy machine; latencies are not. No HTTP, no
 request Python: this is the floor the service's commit path stands on. Figures go to stdout
 and, with --json, to a file.
+
+`--citus-workers N` runs the same on a local Citus cluster (a coordinator and N workers,
+Citus built from CITUS_SRC; the tables distributed in `--shards` shards): CPU is then every
+node's. `--customers K` spreads each commit's requests over K customers (a commit of many
+customers touches many shards on Citus; one customer's commit touches one).
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ import anyio
 
 from analytics.normalize import Limits, normalize_batch
 from analytics.settings import DEFAULT_DIMENSIONS, Settings
-from analytics.store import group_commit
+from analytics.store import citus_cluster, group_commit
 from analytics.store.bootstrap import customer_with_keys, prepare
+from analytics.store.citus import create_extension, distribute, join_cluster
 from analytics.store.embedded import start_embedded, stop_embedded
+from analytics.store.migrations import migrate
 from analytics.store.pool import connect
 from analytics.store.rollups import Folder
 from benches.conftest import make_event
@@ -89,10 +96,15 @@ def _tree_cpu_ns(postmaster: int) -> int:
     return total
 
 
+def _nodes_cpu_ns(postmasters: list[int]) -> int:
+    return sum(_tree_cpu_ns(p) for p in postmasters)
+
+
 def _payloads(
-    customer_id: int, rows: int, requests: int, seq: int
+    customer_ids: list[int], rows: int, requests: int, seq: int
 ) -> tuple[list[bytes], list[int]]:
-    """`requests` request payloads holding `rows` fresh events in all, and their offsets."""
+    """`requests` request payloads holding `rows` fresh events in all, and their offsets;
+    request i is from customer i (round robin over `customer_ids`)."""
     rng = random.Random(seq)
     now_ms = int(time.time() * 1000)
     payloads, offsets, done = [], [], 0
@@ -109,7 +121,7 @@ def _payloads(
         batch = normalize_batch(
             body,
             time.time_ns() // 1000,
-            customer_id=str(customer_id),
+            customer_id=str(customer_ids[len(payloads) % len(customer_ids)]),
             limits=Limits(max_events=10_000, max_body_bytes=64 << 20),
         )
         assert batch.accepted == n, batch.rejected[:3]
@@ -130,14 +142,24 @@ async def _fold_all(folder: Folder, conn: object) -> int:
 
 
 async def measure(
-    dsn: str, postmaster: int, sizes: tuple[int, ...], budget_s: float
+    dsn: str,
+    postmasters: list[int],
+    sizes: tuple[int, ...],
+    budget_s: float,
+    customers: int = 1,
+    shards: int = 16,
 ) -> list[Figures]:
     settings = Settings(database_url=dsn)
     conn = await connect(dsn, settings)
     out: list[Figures] = []
     try:
+        await migrate(conn)
+        await distribute(conn, shards)
         await prepare(conn, datetime.now(UTC))
-        customer = (await customer_with_keys(conn, "bench", datetime.now(UTC))).customer_id
+        ids = [
+            (await customer_with_keys(conn, f"bench-{i}", datetime.now(UTC))).customer_id
+            for i in range(customers)
+        ]
         await group_commit.prepare_connection(conn)
         statements = group_commit.CommitStatements.build()
         folder = Folder(DEFAULT_DIMENSIONS)
@@ -150,14 +172,14 @@ async def measure(
             batches = []
             for _ in range(commits + 3):
                 seq += 1
-                batches.append(_payloads(customer, rows, requests, seq))
+                batches.append(_payloads(ids, rows, requests, seq))
             for payloads, offsets in batches[:3]:  # warm up: plans, caches
                 await group_commit.write_group(
                     conn, payloads, offsets, rows, datetime.now(UTC), window, statements
                 )
             await _fold_all(folder, conn)  # what came before is not this size's fold
             latencies = []
-            cpu0, tree0 = _cpu_ns(backend), _tree_cpu_ns(postmaster)
+            cpu0, tree0 = _cpu_ns(backend), _nodes_cpu_ns(postmasters)
             started = time.perf_counter()
             for payloads, offsets in batches[3:]:
                 t0 = time.perf_counter()
@@ -169,10 +191,10 @@ async def measure(
                     break
             n = len(latencies)
             cpu = (_cpu_ns(backend) - cpu0) / n / 1e6
-            tree = (_tree_cpu_ns(postmaster) - tree0) / n / 1e6
-            fold0 = _tree_cpu_ns(postmaster)
+            tree = (_nodes_cpu_ns(postmasters) - tree0) / n / 1e6
+            fold0 = _nodes_cpu_ns(postmasters)
             folded = await _fold_all(folder, conn)
-            fold_us = (_tree_cpu_ns(postmaster) - fold0) / 1e3 / max(1, folded)
+            fold_us = (_nodes_cpu_ns(postmasters) - fold0) / 1e3 / max(1, folded)
             out.append(
                 Figures(
                     rows_per_commit=rows,
@@ -209,21 +231,52 @@ def _row(f: Figures) -> str:
     )
 
 
+def _citus(root: Path, workers: int) -> tuple[str, list[Path]]:
+    """A local Citus cluster under `root`: the coordinator's DSN, every node's data dir."""
+    citus_cluster.ensure_citus_built(Path(os.environ.get("CITUS_SRC") or Settings().citus_src))
+    coordinator, ports = citus_cluster.start_cluster(root, workers)
+    settings = Settings()
+
+    async def join() -> None:
+        for port in ports:
+            node = await connect(citus_cluster.dsn(port), settings)
+            await create_extension(node)
+            await node.close()
+        conn = await connect(citus_cluster.dsn(coordinator), settings)
+        await join_cluster(conn, coordinator, ports)
+        await conn.close()
+
+    anyio.run(join)
+    names = citus_cluster.node_names(workers)
+    return citus_cluster.dsn(coordinator), [root / "citus" / n / "pg" for n in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches.writer_bench", description=__doc__)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="rows per commit")
     parser.add_argument("--budget-s", type=float, default=10.0, help="time per size, at most")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--customers", type=int, default=1, help="customers per commit")
+    parser.add_argument("--citus-workers", type=int, default=0, help="on a Citus cluster")
+    parser.add_argument("--shards", type=int, default=16, help="shards per table (Citus)")
     opts = parser.parse_args(argv)
     sizes = tuple(int(s) for s in opts.sizes.split(","))
     root = Path(tempfile.mkdtemp(prefix="writer-bench-"))
     try:
-        dsn = start_embedded(root)
-        postmaster = int((root / "pg" / "postmaster.pid").read_text().split()[0])
+        if opts.citus_workers:
+            dsn, pgdatas = _citus(root, opts.citus_workers)
+        else:
+            dsn, pgdatas = start_embedded(root), [root / "pg"]
+        postmasters = [int((d / "postmaster.pid").read_text().split()[0]) for d in pgdatas]
         print(HEADER, flush=True)
-        figures = anyio.run(measure, dsn, postmaster, sizes, opts.budget_s)
+        figures = anyio.run(
+            measure, dsn, postmasters, sizes, opts.budget_s, opts.customers, opts.shards
+        )
     finally:
-        stop_embedded(root)
+        if opts.citus_workers:
+            citus_cluster.stop_cluster(root / "citus")
+        else:
+            stop_embedded(root)
         shutil.rmtree(root, ignore_errors=True)
     if opts.json:
         opts.json.write_text(json.dumps([asdict(f) for f in figures], indent=2))

@@ -60,8 +60,9 @@ async def join_cluster(conn: asyncpg.Connection, coordinator_port: int, workers:
             await conn.execute("SELECT citus_add_node('127.0.0.1', $1)", port)
 
 
-async def distribute(conn: asyncpg.Connection) -> list[str]:
-    """Distribute what is not yet (see the module's doc); the tables it changed."""
+async def distribute(conn: asyncpg.Connection, shard_count: int = SHARD_COUNT) -> list[str]:
+    """Distribute what is not yet (see the module's doc), in `shard_count` shards per
+    table; the tables it changed."""
     if not await is_citus(conn):
         return []
     done = {
@@ -69,7 +70,7 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
         for r in await conn.fetch("SELECT logicalrelid::regclass::text AS t FROM pg_dist_partition")
     }
     changed = []
-    await conn.execute(f"SET citus.shard_count = {SHARD_COUNT}")
+    await conn.execute(f"SET citus.shard_count = {int(shard_count)}")
     for table in REFERENCE_TABLES:
         if table not in done:
             await conn.execute("SELECT create_reference_table($1)", table)
