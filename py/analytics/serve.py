@@ -173,7 +173,10 @@ def _serve(
 ) -> int:
     try:
         if citus_workers:
-            settings = _citus(settings, citus_workers)
+            try:
+                settings = _citus(settings, citus_workers)
+            except (FileNotFoundError, RuntimeError) as e:  # no tarball, a failed build
+                raise ServeError(str(e), exit_code=2) from None
         settings = resolve_database(settings)
         lines = anyio.run(_prepare, settings)
     except Exception as e:

@@ -60,8 +60,12 @@ def _sha256(path: Path) -> str:
 
 def ensure_citus_built(src: Path, log=print) -> bool:
     """Build and install Citus from the tarball `src` unless the embedded PostgreSQL has
-    this very tarball's build already; True when it built. About a minute on 2 cores."""
+    this very tarball's build already (or has a build and `src` is gone); True when it
+    built. About a minute on 2 cores. FileNotFoundError without tarball nor build."""
     src = Path(src).expanduser().resolve()
+    libdir = _pginstall() / "lib" / "postgresql"
+    if not src.is_file() and _stamp().exists() and (libdir / "citus.so").exists():
+        return False  # built before from a tarball no longer there: the build stands
     if not src.is_file():
         raise FileNotFoundError(
             f"no Citus source tarball at {src}: set CITUS_SRC to a release tarball"
@@ -71,7 +75,6 @@ def ensure_citus_built(src: Path, log=print) -> bool:
         raise RuntimeError("building Citus needs make and a C compiler")
     want = _sha256(src)
     stamp = _stamp()
-    libdir = _pginstall() / "lib" / "postgresql"
     if stamp.exists() and stamp.read_text().strip() == want and (libdir / "citus.so").exists():
         return False
     log(f"building Citus from {src} into {_pginstall()} (once per tarball)")
@@ -171,7 +174,10 @@ def stop_cluster(root: Path) -> list[str]:
 
 
 def dsn(port: int) -> str:
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    """A node's DSN (loopback, trust authentication). The empty password and sslmode=disable
+    keep asyncpg from reading ~/.pgpass and ~/.postgresql/ (blocking file reads) on every
+    connect."""
+    return f"postgresql://postgres:@127.0.0.1:{port}/postgres?sslmode=disable"
 
 
 def start_cluster(data_dir: Path, workers: int) -> tuple[int, list[int]]:

@@ -49,7 +49,7 @@ WHERE o.customer_id = $5 AND o.customer_id = m.customer_id AND o.id = ANY (g.ids
 
 # The key is derived from the dispatch row, so it is fixed before the first attempt.
 _KEY_SQL = """
-UPDATE usage_dispatch SET idempotency_key = 'usage-' || customer_id || '-' || dispatch_id
+UPDATE usage_dispatch SET idempotency_key = 'usage-' || customer_id::text || '-' || dispatch_id::text
 WHERE idempotency_key = ''
 """
 
