@@ -47,9 +47,11 @@ FROM made m JOIN groups g USING (customer_id, window_start)
 WHERE o.customer_id = $5 AND o.customer_id = m.customer_id AND o.id = ANY (g.ids)
 """
 
-# The key is derived from the dispatch row, so it is fixed before the first attempt.
+# The key is derived from the dispatch row, so it is fixed before the first attempt. (The
+# casts: text || bigint is STABLE, which Citus refuses in an UPDATE over columns.)
 _KEY_SQL = """
-UPDATE usage_dispatch SET idempotency_key = 'usage-' || customer_id::text || '-' || dispatch_id::text
+UPDATE usage_dispatch
+SET idempotency_key = 'usage-' || customer_id::text || '-' || dispatch_id::text
 WHERE idempotency_key = ''
 """
 
