@@ -28,7 +28,8 @@ class Settings:
     # Database.
     #: PostgreSQL DSN. Empty: an embedded PostgreSQL (pgserver) runs under `data_dir`.
     database_url: str = ""
-    #: A direct (non-pooled) DSN for LISTEN; defaults to database_url.
+    #: A direct (non-pooled) DSN for LISTEN and the group-commit writer's connections (they
+    #: keep session state: a temp staging table); defaults to database_url.
     direct_database_url: str = ""
     #: Where the embedded PostgreSQL keeps its data (`<data_dir>/pg`) and the workers their
     #: Prometheus files.

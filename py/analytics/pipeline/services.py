@@ -92,7 +92,9 @@ def leased_buckets(settings: Settings, pool: db.Pool) -> LeasedBuckets:
 
 def build_services(settings: Settings, pool: db.Pool) -> Services:
     """Every component of one worker, configured from `settings`, none started yet."""
-    direct = functools.partial(connect, settings.database_url, settings)
+    # The writer's connections keep a temp table and session settings: never through a
+    # transaction-mode pooler (`direct_database_url`, when set, bypasses it).
+    direct = functools.partial(connect, settings.listen_url, settings)
     offload = Offload(
         {"cpu": settings.cpu_threads, "billing_sdk": settings.billing_sdk_threads, "scrape": 1}
     )
