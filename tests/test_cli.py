@@ -236,6 +236,13 @@ def test_customer_tables_names_every_table_holding_customer_rows(fresh_dsn: str)
     assert tables_with_customer_id(fresh_dsn) == set(CUSTOMER_TABLES)
 
 
+def test_citus_distributes_every_customer_table_and_replicates_customers() -> None:
+    from analytics.store.citus import DISTRIBUTED_TABLES, REFERENCE_TABLES
+
+    assert set(DISTRIBUTED_TABLES) == set(CUSTOMER_TABLES) - {"customers"}
+    assert "customers" in REFERENCE_TABLES
+
+
 def seed_rows(dsn: str, customer_id: int) -> None:
     """A row of the customer in every table that holds customer rows (keys already exist)."""
     for statement in (

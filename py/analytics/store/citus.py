@@ -26,6 +26,7 @@ DISTRIBUTED_TABLES = (
     "rollup_minute",
     "rollup_hour",
     "rollup_pair_hour",
+    "rollup_users_hour",
     "usage_outbox",
     "usage_dispatch",
     "rate_buckets",
