@@ -272,3 +272,30 @@ def test_a_worker_added_and_shards_rebalanced_under_load_lose_and_double_nothing
                 )
                 total = sum(pt["value"] for s in r.json()["series"] for pt in s["points"])
                 assert total == len(counts)
+
+
+def test_erasure_subtracts_a_users_events_on_citus(citus_dsn, tmp_path):
+    cli(citus_dsn, "migrate")
+    name = f"erase-{uuid.uuid4().hex[:8]}"
+    k = create_key(citus_dsn, name)
+    env = {"ANALYTICS_DATA_DIR": str(tmp_path), "ANALYTICS_ROLLUP_INTERVAL_S": "0.2"}
+    headers = {"Authorization": f"Bearer {k['key']}"}
+    with (
+        running_server(citus_dsn, **env) as server,
+        httpx.Client(base_url=server.base, timeout=30) as http,
+    ):
+        events = [{"name": "Gone", "event_id": f"g{i}", "user_id": f"u{i % 2}"} for i in range(10)]
+        assert http.post("/v1/batch", json={"events": events}, headers=headers).status_code == 200
+        settle(citus_dsn)
+        cli(citus_dsn, "erase", "--customer", name, "--user-id", "u0")
+
+        def total() -> int:
+            r = http.get(
+                "/v1/metrics", params={"event": "gone", "interval": "day"}, headers=headers
+            )
+            return sum(p["value"] for s in r.json()["series"] for p in s["points"])
+
+        assert total() == 5
+        rollup = fetchval(citus_dsn, "SELECT sum(count) FROM rollup_hour WHERE customer_id = $1"
+                          " AND name = 'gone' AND dim = ''", k["customer_id"])  # fmt: skip
+        assert rollup == 5

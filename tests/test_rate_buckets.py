@@ -17,8 +17,11 @@ import pytest
 from tests.dbutil import fetch
 from tests.serverproc import connection_owner, read_responses, running_server, wait_for_workers
 
+from analytics.api.auth import rate_limit
+from analytics.api.errors import ApiError
 from analytics.runtime.leases import LeasedBuckets, lease_size
 from analytics.runtime.ratelimit import TokenBuckets
+from analytics.store.keys import KeyInfo
 from analytics.store.rate_buckets import lease_tokens
 
 
@@ -161,3 +164,31 @@ def test_the_limit_holds_across_two_worker_processes(blank_dsn, tmp_path):
     # One lease call per `size` admitted requests, plus the empty ones of each worker.
     (bucket,) = fetch(blank_dsn, "SELECT tokens FROM rate_buckets")
     assert bucket["tokens"] < 1
+
+
+@pytest.mark.anyio
+async def test_while_the_database_is_unreachable_a_worker_limits_on_its_own():
+    calls = []
+
+    async def unreachable(name: str, want: int) -> tuple[int, float]:
+        calls.append(name)
+        raise ConnectionRefusedError("connection refused")
+
+    buckets = LeasedBuckets(unreachable, 5, TokenBuckets(rate_per_s=0.001, burst=3))
+    key = KeyInfo(1, "0000abcd", frozenset({"write"}))
+    for _ in range(3):  # the per-process bucket's burst, not a 503 nor a 500
+        await rate_limit(buckets, key)
+    with pytest.raises(ApiError) as refused:
+        await rate_limit(buckets, key)
+    assert refused.value.status == 429
+    assert calls == ["1:0000abcd"]  # one failed lease, then local for DEGRADED_S
+
+
+@pytest.mark.anyio
+async def test_a_lease_failing_for_another_reason_is_not_hidden():
+    async def broken(name: str, want: int) -> tuple[int, float]:
+        raise ValueError("a bug")
+
+    buckets = LeasedBuckets(broken, 5, TokenBuckets(1, 1))
+    with pytest.raises(ValueError):
+        await rate_limit(buckets, KeyInfo(1, "0000abcd", frozenset({"write"})))

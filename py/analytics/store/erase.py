@@ -56,7 +56,7 @@ def erase_sql(dimensions: tuple[str, ...]) -> str:
     SELECT pg_notify('{INVALIDATE}', json_build_array(
                $1::bigint, name,
                (extract(epoch FROM min(ts)) * 1e6)::bigint,
-               (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)
+               (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)::text AS sent
     FROM gone GROUP BY name)"""
     changed = " + ".join(f"(SELECT count(*) FROM up_{t.name})" for t in tables_for(dimensions))
     return fold_sql(

@@ -75,7 +75,7 @@ WITH batch AS (
     SELECT pg_notify('{INVALIDATE}', json_build_array(
                customer_id, name,
                (extract(epoch FROM {start}::timestamptz) * 1e6)::bigint,
-               (extract(epoch FROM {end}::timestamptz) * 1e6)::bigint)::text)
+               (extract(epoch FROM {end}::timestamptz) * 1e6)::bigint)::text)::text AS sent
     FROM (SELECT DISTINCT customer_id, name FROM gone) AS n
 ), last AS (
     SELECT * FROM batch ORDER BY {desc} LIMIT 1
