@@ -134,6 +134,14 @@ def _running(pgdata: Path) -> bool:
     return True
 
 
+def _traversable(root: Path) -> None:
+    """Let the server's user reach `root` (when run as root): traverse permission on it and
+    its parents. Again at every start and stop: a parent may have been made private since
+    (pytest does so to its temporary directories)."""
+    for p in [root, *root.parents]:
+        p.chmod(p.stat().st_mode | 0o011)
+
+
 def start_node(root: Path, name: str) -> int:
     """Start (or reuse) the node `name` under `root`; its port."""
     node = root / name
@@ -145,8 +153,7 @@ def start_node(root: Path, name: str) -> int:
         port_file.write_text(str(_free_port()))
     port = int(port_file.read_text())
     if uid is not None:
-        for p in [root, *root.parents]:  # traverse permission for the server's user
-            p.chmod(p.stat().st_mode | 0o011)
+        _traversable(root)
         os.chown(node, uid, gid)
     if not (pgdata / "PG_VERSION").exists():
         subprocess.run([_bin("initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres",
@@ -164,6 +171,8 @@ def start_node(root: Path, name: str) -> int:
 def stop_cluster(root: Path) -> list[str]:
     """Stop every node under `root` (fast shutdown); the names of those that were running."""
     user, _, _ = _run_as()
+    if user is not None and root.exists():
+        _traversable(root)
     stopped = []
     for node in sorted(root.glob("*/pg")):
         if _running(node):
