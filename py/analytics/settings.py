@@ -82,7 +82,7 @@ class Settings:
     #: The longest the writer waits for more requests before it commits, in seconds. It waits
     #: only while requests arrive fast enough to fill a commit (`writer_linger_requests`): an
     #: idle writer commits at once.
-    writer_window_s: float = 0.008
+    writer_window_s: float = 0.004
     #: Requests per commit the writer lingers for under load (see `writer_window_s`).
     writer_linger_requests: int = 8
     #: Concurrent commit lanes, each on its own connection (one PostgreSQL backend each).
