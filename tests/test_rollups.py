@@ -10,12 +10,15 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import asyncpg
 import pytest
 
 from analytics.api.groups import combine, estimated, rank
 from analytics.normalize import hll_standard_error
 from analytics.settings import DEFAULT_DIMENSIONS
+from analytics.store.migrations import load_migrations, migrate
+from analytics.store.partitions import ensure_partitions
 from analytics.store.rollups import Folder, pending_events
 from analytics.store.series import INTERVALS, MetricsQuery, fetch_series
 from analytics.store.uniques import fetch_uniques
@@ -273,3 +276,45 @@ async def test_the_fold_bound_orders_transaction_ids_as_numbers(pool):
             )
         folded = await Folder(DEFAULT_DIMENSIONS).fold(conn, 30.0, max_events=25)
     assert (folded.events, folded.watermark, folded.more) == (20, 9, True)
+
+
+def test_events_from_before_the_rollup_job_are_refolded_in_bounded_folds(blank_dsn):
+    """A database at migration 0003 (rollups written by the commit) with 5,000 events:
+    migrated, its events are numbered in chunks of 2,000, folded in three bounded folds, and
+    every rollup equals what the raw events make."""
+    before_0004 = [m for m in load_migrations() if m.version <= 3]  # reads files: not on a loop
+
+    async def run() -> None:
+        conn = await asyncpg.connect(blank_dsn)
+        try:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL)"
+            )
+            for m in before_0004:
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2, now())", m.version, m.name
+                )
+            await ensure_partitions(conn, START)
+            await conn.executemany(
+                "INSERT INTO events (customer_id, ts, name, dedup_key, received_at, user_id,"
+                " value, properties, flags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)",
+                random_events(random.Random(29), 5000),
+            )
+            await migrate(conn)
+            folder, folds = Folder(DEFAULT_DIMENSIONS), []
+            while True:
+                folded = await folder.fold(conn, 60.0)
+                folds.append(folded.events)
+                if not folded.more:
+                    break
+            assert folds == [2000, 2000, 1000]
+            total = await conn.fetchval(
+                "SELECT sum(count) FROM rollup_hour WHERE dim = '' AND customer_id = 1"
+            )
+            assert total == 5000
+        finally:
+            await conn.close()
+
+    anyio.run(run)

@@ -55,8 +55,13 @@ CREATE TABLE rollup_users_hour (
 CREATE INDEX rollup_users_hour_dim_bucket ON rollup_users_hour (customer_id, name, dim, bucket);
 
 -- Events stored before this migration were rolled up into minutes only, by the commit: they
--- are all given to the job once (xid 1, below any real transaction id) and every rollup is
--- rebuilt from them, so all grains and pairs agree.
-UPDATE events SET xid = '1'::xid8;
+-- are all given to the job once and every rollup is rebuilt from them, so all grains and
+-- pairs agree. They are numbered in chunks of 2,000 (ids 3, 4, ...: the job folds one id's
+-- events together, so one id for all would make one fold of every old event). Any id is
+-- fine here: every row of this transaction is final once it commits, and the job folds ids
+-- below the oldest running transaction's, real or not.
+UPDATE events e SET xid = (3 + (n.rn - 1) / 2000)::text::xid8
+FROM (SELECT tableoid, ctid, row_number() OVER () AS rn FROM events) AS n
+WHERE e.tableoid = n.tableoid AND e.ctid = n.ctid;
 TRUNCATE rollup_minute;
-INSERT INTO rollup_state VALUES (1, '1'::xid8);
+INSERT INTO rollup_state VALUES (1, '3'::xid8);
