@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import asyncpg
 
+from analytics.store.customers import CUSTOMER_TABLES
+
 #: Replicated to every node: small, global, read by every worker's statements.
 REFERENCE_TABLES = ("customers", "feature_flags", "rollup_state")
 
-#: Distributed by customer_id, colocated with `events` (the first one), in this order:
-#: `api_keys` refers to `customers` (a foreign key to a reference table is allowed).
-DISTRIBUTED_TABLES = (
-    "events",
-    "dedup",
-    "identities",
-    "rollup_minute",
-    "rollup_hour",
-    "rollup_pair_hour",
-    "rollup_users_hour",
-    "usage_outbox",
-    "usage_dispatch",
-    "rate_buckets",
-    "api_keys",
-)
+#: Distributed by customer_id, colocated with `events` (the first one): every table holding a
+#: customer's rows (`customers.CUSTOMER_TABLES`, whose test checks it against the catalog) but
+#: the replicated ones. `api_keys` refers to `customers`, a reference table (allowed).
+DISTRIBUTED_TABLES = tuple(t for t in CUSTOMER_TABLES if t not in REFERENCE_TABLES)
 
 #: Shards per distributed table: a few per core of a small cluster (each commit touching
 #: many customers fans out to the shards they fall in).
