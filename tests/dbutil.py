@@ -35,3 +35,18 @@ def settle(dsn: str, within_s: float = 15.0) -> None:
     while fetchval(dsn, query):
         assert time.monotonic() < deadline, "the rollup job did not fold the events in time"
         time.sleep(0.05)
+
+
+async def apply_migrations(conn: asyncpg.Connection, migrations: list) -> None:
+    """Bring a blank database to the state `migrations` (the first ones of
+    `load_migrations()`, read before any loop runs) leave, recorded as `migrate` records
+    them: a database as an older release left it, for testing the migrations after."""
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL)"
+    )
+    for m in migrations:
+        await conn.execute(m.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations VALUES ($1, $2, now())", m.version, m.name
+        )

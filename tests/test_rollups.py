@@ -22,6 +22,7 @@ from analytics.store.partitions import ensure_partitions
 from analytics.store.rollups import Folder, pending_events
 from analytics.store.series import INTERVALS, MetricsQuery, fetch_series
 from analytics.store.uniques import fetch_uniques
+from dbutil import apply_migrations
 
 pytestmark = pytest.mark.anyio
 
@@ -280,22 +281,14 @@ async def test_the_fold_bound_orders_transaction_ids_as_numbers(pool):
 
 def test_events_from_before_the_rollup_job_are_refolded_in_bounded_folds(blank_dsn):
     """A database at migration 0003 (rollups written by the commit) with 5,000 events:
-    migrated, its events are numbered in chunks of 2,000, folded in three bounded folds, and
-    every rollup equals what the raw events make."""
+    migrated, its events are numbered in chunks of 2,000 and folded in three bounded folds,
+    after which the hour rollups count every one of them."""
     before_0004 = [m for m in load_migrations() if m.version <= 3]  # reads files: not on a loop
 
     async def run() -> None:
         conn = await asyncpg.connect(blank_dsn)
         try:
-            await conn.execute(
-                "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL)"
-            )
-            for m in before_0004:
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2, now())", m.version, m.name
-                )
+            await apply_migrations(conn, before_0004)
             await ensure_partitions(conn, START)
             await conn.executemany(
                 "INSERT INTO events (customer_id, ts, name, dedup_key, received_at, user_id,"

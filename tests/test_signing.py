@@ -27,6 +27,7 @@ from analytics.store.migrations import load_migrations, migrate
 from analytics.store.rotation import RotationRefused, retire_signing, rotate_signing
 from cliproc import cli
 from conftest import _temporary_database
+from dbutil import apply_migrations
 from serverproc import Server, running_server
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -203,15 +204,7 @@ def test_a_hex_secret_from_before_migration_0005_keeps_working(blank_dsn: str) -
     async def run() -> None:
         conn = await asyncpg.connect(blank_dsn)
         try:
-            await conn.execute(
-                "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL)"
-            )
-            for m in before_0005:
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2, now())", m.version, m.name
-                )
+            await apply_migrations(conn, before_0005)
             await conn.execute("INSERT INTO customers (name, created_at) VALUES ('old', now())")
             await conn.execute(
                 "INSERT INTO api_keys (customer_id, key_id, key_hash, scopes, signing_secret,"
