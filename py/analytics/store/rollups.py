@@ -204,7 +204,7 @@ ORDER BY e.xid OFFSET $3 LIMIT 1
 #: the loop: ~10 ms for 2,000 events of a backfill).
 FOLD_MAX_EVENTS = 2_000
 
-#: One connection per worker for the fold's writes (a Citus setting; a placeholder elsewhere).
+#: One connection per worker for the fold's writes (Citus only).
 _SEQUENTIAL_SQL = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
 
 #: The transactions prepared on the workers now (their gids), Citus only.
@@ -265,7 +265,8 @@ class Folder:
             )
             if not locked:
                 return None
-            await conn.execute(_SEQUENTIAL_SQL, timeout=timeout_s)
+            if self._citus:
+                await conn.execute(_SEQUENTIAL_SQL, timeout=timeout_s)
             state = await conn.fetchrow(_STATE_SQL, timeout=timeout_s)
             low, high = state["watermark"], state["xmin"]
             if int(high) <= int(low):
