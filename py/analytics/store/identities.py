@@ -10,6 +10,14 @@ from datetime import datetime
 
 import asyncpg
 
+#: An event's user as identified, in SQL over `events e` joined with `IDENTITY_JOIN`: the
+#: user its anonymous id is linked to, else its own `user_id`. The sketches the rollup job
+#: writes and the unfolded events a unique-users estimate reads must count users alike.
+IDENTITY_JOIN = (
+    "LEFT JOIN identities i ON i.customer_id = e.customer_id AND i.anonymous_id = e.user_id"
+)
+IDENTIFIED_USER = "coalesce(i.user_id, e.user_id)"
+
 # The first link of an anonymous id wins: a retry, or a second identify of the same device
 # as someone else, changes nothing already counted.
 _LINK_SQL = """

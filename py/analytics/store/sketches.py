@@ -19,6 +19,7 @@ import asyncpg
 
 from analytics.normalize import hll_build, hll_merge
 from analytics.store.dimensions import dimension_expr
+from analytics.store.identities import IDENTIFIED_USER, IDENTITY_JOIN
 
 #: Runs `fn(*args)` in a worker thread and returns its result (Offload.run with a limiter).
 Cpu = Callable[..., Awaitable[Any]]
@@ -45,9 +46,8 @@ def users_sql(dimensions: tuple[str, ...], where: str) -> str:
     return f"""
 WITH f AS MATERIALIZED (
     SELECT e.customer_id, e.name, date_trunc('hour', e.ts, 'UTC') AS bucket,
-           coalesce(i.user_id, e.user_id) AS uid, {values}
-    FROM events e
-    LEFT JOIN identities i ON i.customer_id = e.customer_id AND i.anonymous_id = e.user_id
+           {IDENTIFIED_USER} AS uid, {values}
+    FROM events e {IDENTITY_JOIN}
     WHERE {where} AND e.user_id IS NOT NULL
 )
 SELECT f.customer_id, f.name, d.dim, d.val AS dim_value, f.bucket,

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from analytics.store.dimensions import dimension_expr
+from analytics.store.identities import IDENTIFIED_USER, IDENTITY_JOIN
 from analytics.store.series import MetricsQuery, read_watermark
 from analytics.store.sketches import MISSING
 
@@ -86,10 +87,8 @@ async def fetch_uniques(
             )
             raw = await conn.fetch(
                 f"""SELECT date_trunc($6, e.ts, 'UTC') AS b, {group} AS g,
-                           array_agg(DISTINCT coalesce(i.user_id, e.user_id)) AS users
-                    FROM events e
-                    LEFT JOIN identities i
-                      ON i.customer_id = e.customer_id AND i.anonymous_id = e.user_id
+                           array_agg(DISTINCT {IDENTIFIED_USER}) AS users
+                    FROM events e {IDENTITY_JOIN}
                     WHERE e.customer_id = $1 AND e.name = $2 AND e.ts >= $3 AND e.ts < $4
                       AND e.xid >= $5::text::xid8 AND e.user_id IS NOT NULL{where}
                     GROUP BY 1, 2""",
