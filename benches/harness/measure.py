@@ -48,7 +48,7 @@ def run_step(stack: Stack, scenario: str, rate: int, opts: argparse.Namespace, o
     profiler = None
     try:
         if opts.profile:
-            profiler = Profiler(stack, max(1, duration_s - 1), opts, out)
+            profiler = Profiler(stack, max(1, duration_s - 1), opts, out, f"{scenario}-{rate}")
         data = run_k6(stack, scenario, rate, duration_s, opts, out)
         cpu_after, elapsed = tree_cpu(stack.cpu_roots()), time.monotonic() - t0
     finally:

@@ -71,7 +71,9 @@ class Profiler:
     """py-spy recording the server's Python processes (the Hypercorn workers, or the server
     itself without any) for `seconds`, started on construction; `result()` waits for it."""
 
-    def __init__(self, stack: Stack, seconds: int, opts: argparse.Namespace, out: Path) -> None:
+    def __init__(
+        self, stack: Stack, seconds: int, opts: argparse.Namespace, out: Path, step: str
+    ) -> None:
         self.procs: list[tuple[subprocess.Popen, Path]] = []
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
             "py-spy"
@@ -82,8 +84,8 @@ class Profiler:
         stats = proc_stats() if os.path.isdir("/proc") else {}
         workers = [pid for pid, (ppid, _) in stats.items() if ppid == server] or [server]
         for pid in workers:
-            raw = out / f"py-spy-{pid}.txt"
-            cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100"]
+            raw = out / f"py-spy-{stack.mode}-{step}-{pid}.txt"
+            cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250"]
             cmd += ["--nonblocking", "--format", "raw", "--output", str(raw)]
             proc = subprocess.Popen(
                 pinned(opts.k6_cpus, cmd),
@@ -94,7 +96,9 @@ class Profiler:
             self.procs.append((proc, raw))
 
     def result(self) -> dict[str, Any]:
-        """The summary of every recording (each given 30 s to finish writing, then stopped)."""
+        """The summary of every recording (each given 30 s to finish writing, then stopped).
+        The raw recordings stay in the run's directory (`py-spy-<mode>-<scenario>-<rate>-<pid>.txt`, collapsed
+        stacks: `inferno-flamegraph` or speedscope read them)."""
         text = []
         for proc, raw in self.procs:
             try:
@@ -102,6 +106,5 @@ class Profiler:
             except subprocess.TimeoutExpired:
                 stop_process(proc, timeout=5)
             with contextlib.suppress(OSError):
-                text.append(raw.read_text())
-                raw.unlink()
+                text.append(raw.read_text())  # kept beside the results, for flame graphs
         return summarize_profile("\n".join(text))

@@ -28,6 +28,7 @@ from analytics.pipeline.flag_sync import follow_flags
 from analytics.pipeline.gauges import sample_gauges
 from analytics.pipeline.maintenance import run_maintenance
 from analytics.pipeline.services import build_services
+from analytics.runtime import gctune
 from analytics.runtime.logs import configure_logging
 from analytics.runtime.request_context import RequestContext
 from analytics.runtime.supervise import supervised
@@ -78,6 +79,7 @@ def lifespan(settings: Settings, context: RequestContext):
                     events_retention=timedelta(days=settings.retention_days),
                 )
                 tg.start_soon(supervised, "maintenance", upkeep)
+                gctune.tune(settings.gc_gen0_threshold)
                 try:
                     yield
                 finally:

@@ -91,6 +91,10 @@ class Settings:
     commit_timeout_s: float = 5.0
     #: Deadline of one HTTP request, in seconds (504 `deadline_exceeded` past it).
     request_timeout_s: float = 2.0
+    #: Allocations between two young-generation garbage collections in a worker (Python's
+    #: default is 700; 0 keeps it). Everything alive at start-up is frozen out of the
+    #: collector's passes either way (runtime/gctune.py).
+    gc_gen0_threshold: int = 50_000
 
     # Billing: usage is counted per window and sent through the blocking vendor SDK.
     #: The billing service. Empty: `analytics serve` starts the development stub.

@@ -1,7 +1,8 @@
 """The `metrics sampler` job: sets the Prometheus gauges every second.
 
 Multiprocess mode has no scrape-time callbacks, so gauges (limiter use, writer inbox, the
-billing backlog) are sampled here instead of computed when scraped.
+billing backlog) are sampled here instead of computed when scraped. The garbage collector's
+passes, timed by runtime/gctune.py, are recorded here too.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import anyio
 
 from analytics.pipeline.services import Services
-from analytics.runtime import prometheus
+from analytics.runtime import gctune, prometheus
 from analytics.runtime.logs import DroppingQueueHandler
 from analytics.store import outbox
 
@@ -20,6 +21,8 @@ async def sample_gauges(services: Services, every_s: float = 1.0, outbox_every: 
     while True:
         prometheus.log_records_dropped.inc(DroppingQueueHandler.dropped - dropped)
         dropped = DroppingQueueHandler.dropped
+        for generation, seconds in gctune.drain():
+            prometheus.gc_pause.labels(str(generation)).observe(seconds)
         for s in services.offload.stats():
             prometheus.limiter_capacity.labels(s.name).set(s.capacity)
             prometheus.limiter_borrowed.labels(s.name).set(s.borrowed)

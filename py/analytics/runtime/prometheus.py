@@ -54,6 +54,12 @@ events_duplicate = Counter("analytics_events_duplicate_total", "Valid events alr
 loop_lag = Histogram(
     "analytics_loop_lag_seconds", "Lateness of every watchdog heartbeat tick", buckets=LAG_BUCKETS
 )
+gc_pause = Histogram(
+    "analytics_gc_pause_seconds",
+    "Every garbage-collector pass in a worker, by generation",
+    ["generation"],
+    buckets=LAG_BUCKETS,
+)
 loop_stalls = Counter("analytics_loop_stalls_total", "Event-loop stalls over the threshold")
 loop_stall_duration = Histogram(
     "analytics_loop_stall_duration_seconds",
