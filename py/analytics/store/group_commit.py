@@ -23,6 +23,13 @@ COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 COPY_TRAILER = struct.pack("!h", -1)
 
 
+#: Text compares as bytes, as in the tables (migration 0010): the staging index and the dedup
+#: sort then use memcmp instead of strcoll.
+_COLLATE = {"text": ' COLLATE "C"'}
+_STAGING_COLUMNS = ", ".join(
+    f"{column} {pg_type}{_COLLATE.get(pg_type, '')}" for column, pg_type in COPY_SCHEMA
+)
+
 # temp_buffers only takes effect before the session's first temp table: it comes first, so a
 # staging load stays in memory instead of spilling to temp files. The columns are the Rust
 # encoder's (`COPY_SCHEMA`, in the order it writes them), then the load order `ord`.
@@ -30,7 +37,7 @@ CREATE_STAGING = f"""
 SET temp_buffers = '128MB';
 SET work_mem = '64MB';
 CREATE TEMP TABLE IF NOT EXISTS staging (
-    {", ".join(f"{column} {pg_type}" for column, pg_type in COPY_SCHEMA)},
+    {_STAGING_COLUMNS},
     ord bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS;
 CREATE INDEX IF NOT EXISTS staging_key ON staging (customer_id, dedup_key, ord)
@@ -45,7 +52,7 @@ ARRAY_ROWS_MAX = 128
 
 #: How each COPY type travels as an array parameter, and how the statement reads it back.
 _ARRAY_OF = {
-    "text": ("text[]", "{}"),
+    "text": ("text[]", '{} COLLATE "C"'),
     "timestamptz": ("int8[]", "TIMESTAMPTZ 'epoch' + {} * INTERVAL '1 microsecond'"),
     "double precision": ("float8[]", "{}"),
     "jsonb": ("text[]", "{}::jsonb"),
