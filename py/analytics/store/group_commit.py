@@ -23,8 +23,8 @@ COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 COPY_TRAILER = struct.pack("!h", -1)
 
 
-#: Text compares as bytes, as in the tables (migration 0010): the staging index and the dedup
-#: sort then use memcmp instead of strcoll.
+#: Text compares as bytes, as in the tables (migration 0010): the dedup sorts then use memcmp
+#: instead of strcoll.
 _COLLATE = {"text": ' COLLATE "C"'}
 _STAGING_COLUMNS = ", ".join(
     f"{column} {pg_type}{_COLLATE.get(pg_type, '')}" for column, pg_type in COPY_SCHEMA
@@ -39,8 +39,7 @@ SET work_mem = '64MB';
 CREATE TEMP TABLE IF NOT EXISTS staging (
     {_STAGING_COLUMNS},
     ord bigint GENERATED ALWAYS AS IDENTITY
-) ON COMMIT DELETE ROWS;
-CREATE INDEX IF NOT EXISTS staging_key ON staging (customer_id, dedup_key, ord)
+) ON COMMIT DELETE ROWS
 """
 
 
@@ -99,8 +98,10 @@ def commit_sql(*, enrich: bool = True) -> str:
     Parameters: $1 now (timestamptz), $2 request row offsets (bigint[], ascending, starting
     at 0), $3 the billing usage window (interval); in the arrays form (`CommitStatements`),
     $4.. the column arrays. Rows of one load come from requests in order (`ord`); a key seen
-    twice in the load is kept for its first row only (the anti-join on `ord`, served by the
-    staging index). Dedup rows are inserted in key order, so concurrent writers (lanes,
+    twice in the load is kept for its first row only (`DISTINCT ON` in `ord` order: one sort
+    of the load, where an index on staging cost every COPYed row a btree insert and every
+    commit its truncation; 9-14 % of PostgreSQL's CPU per row at 1,000-5,000 rows a commit,
+    `python -m benches.writer_bench`). Dedup rows are inserted in key order, so concurrent writers (lanes,
     worker processes) lock them in the same order and cannot deadlock.
     Returns (req, inserted) for each request that inserted at least one row, and a row with
     req -1 (the count of cache-invalidation notifications sent).
@@ -117,14 +118,12 @@ WITH base AS (
     ON CONFLICT DO NOTHING
     RETURNING customer_id, dedup_key
 ), winners AS MATERIALIZED (
-    SELECT f.customer_id, s.dedup_key, s.event_id, s.name, s.ts, s.received_at, s.user_id,
+    SELECT DISTINCT ON (f.customer_id, s.dedup_key)
+           f.customer_id, s.dedup_key, s.event_id, s.name, s.ts, s.received_at, s.user_id,
            s.value, s.properties, s.flags, s.ord - base.ord AS rel
     FROM staging s CROSS JOIN base
     JOIN fresh f ON f.customer_id = s.customer_id::bigint AND f.dedup_key = s.dedup_key
-    WHERE NOT EXISTS (
-        SELECT 1 FROM staging e
-        WHERE e.customer_id = s.customer_id AND e.dedup_key = s.dedup_key AND e.ord < s.ord
-    )
+    ORDER BY f.customer_id, s.dedup_key, s.ord
 ), ins AS (
     INSERT INTO events (customer_id, ts, name, dedup_key, event_id, received_at, user_id,
                         value, properties, flags)
