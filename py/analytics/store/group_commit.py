@@ -101,8 +101,8 @@ def commit_sql(*, enrich: bool = True) -> str:
     twice in the load is kept for its first row only (`DISTINCT ON` in `ord` order: one sort
     of the load, where an index on staging cost every COPYed row a btree insert and every
     commit its truncation; 9-14 % of PostgreSQL's CPU per row at 1,000-5,000 rows a commit,
-    `python -m benches.writer_bench`). Dedup rows are inserted in key order, so concurrent writers (lanes,
-    worker processes) lock them in the same order and cannot deadlock.
+    `python -m benches.writer_bench`). Dedup rows are inserted in key order, so concurrent
+    writers (lanes, worker processes) lock them in the same order and cannot deadlock.
     Returns (req, inserted) for each request that inserted at least one row, and a row with
     req -1 (the count of cache-invalidation notifications sent).
     """
