@@ -178,21 +178,31 @@ class GroupCommitWriter:
         connection and waking its waiters, until the inbox is closed and empty.
 
         Lanes commit concurrently (PostgreSQL runs each in its own backend). They cannot
-        deadlock: every statement takes its row locks in key order.
+        deadlock: every statement takes its row locks in key order. One lane gathers at a
+        time: while a lane lingers for its batch the others wait for their turn, so the
+        requests arriving meanwhile all go to that batch instead of being split among lanes
+        lingering side by side (commits half as full for the same wait); a lane commits
+        while the next one gathers.
         """
+        gathering = anyio.Lock()
         try:
             async with self._receive, anyio.create_task_group() as tg:
                 for lane in range(self._lanes):
-                    tg.start_soon(self._lane, self._receive.clone(), name=f"writer lane {lane}")
+                    inbox = self._receive.clone()
+                    tg.start_soon(self._lane, inbox, gathering, name=f"writer lane {lane}")
                 task_status.started()
         finally:
             self.closed.set()
 
-    async def _lane(self, inbox: MemoryObjectReceiveStream[Ticket]) -> None:
+    async def _lane(self, inbox: MemoryObjectReceiveStream[Ticket], gathering: anyio.Lock) -> None:
         lane = _Lane(self._connect)
         async with inbox:
             try:
-                while batch := await self._next_batch(inbox):
+                while True:
+                    async with gathering:
+                        batch = await self._next_batch(inbox)
+                    if not batch:
+                        break
                     await self._commit(lane, batch)
             finally:
                 await lane.close()
