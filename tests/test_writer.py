@@ -114,6 +114,37 @@ async def test_a_request_postgres_refuses_fails_alone(fresh_dsn):
 
 
 @pytest.mark.anyio
+async def test_requests_arriving_during_a_linger_share_one_commit_whatever_the_lanes(fresh_dsn):
+    """With two lanes, the requests arriving while one lane lingers all join its batch: the
+    other lane waits for its turn to gather instead of lingering beside it with half of them."""
+    settings = Settings(database_url=fresh_dsn)
+    conn = await connect(fresh_dsn, settings)
+    try:
+        a = (await customer_with_keys(conn, "a", datetime.now(UTC))).customer_id
+        writer = GroupCommitWriter(
+            functools.partial(connect, fresh_dsn, settings),
+            window_s=0.5,
+            linger_requests=1000,  # linger the whole window once requests arrive fast
+            connections=2,
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(writer.run)
+            async with anyio.create_task_group() as requests:
+                for i in range(4):  # all at once: the arrival rate says "linger"
+                    requests.start_soon(writer.submit, *_payload(a, [f"warm{i}"]))
+            primed = len(writer._commits)
+            async with anyio.create_task_group() as requests:
+                for i in range(6):
+                    requests.start_soon(writer.submit, *_payload(a, [f"e{i}"]))
+                    await anyio.sleep(0.03)  # six requests well within one linger
+            writer.close()
+        assert [rows for _, rows in list(writer._commits)[primed:]] == [6]
+        assert await conn.fetchval("SELECT count(*) FROM events") == 10
+    finally:
+        await conn.close()
+
+
+@pytest.mark.anyio
 async def test_both_commit_forms_store_the_same(fresh_dsn, monkeypatch):
     """Small commits go as column arrays, large ones through COPY and the staging table: the
     same requests must leave the same events, per-request counts and (once folded) rollups
