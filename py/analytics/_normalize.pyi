@@ -162,6 +162,15 @@ def hll_build(user_ids: Sequence[str], precision: int = 12) -> bytes:
     (4..=18): sparse (3 + 4 bytes per distinct register) while that is no larger than the
     2^precision dense registers. ValueError for a precision out of range."""
 
+def hll_group(
+    rows_json: str, dims: Sequence[str], precision: int = 12
+) -> list[tuple[int, str, str, str, int, bytes]]:
+    """The sketches of a fold's events: `rows_json` is a JSON array with one row per event,
+    `[customer_id, name, hour (Unix seconds), user, [the value of each of dims, or null]]`.
+    One `(customer_id, name, dim, dim_value, hour, sketch)` per key, in key order: dim ''
+    (value '') for the total, `d` for each value of `d`, `!d` (value '') for the events
+    without `d`. ValueError for rows that do not parse or have another number of values."""
+
 def hll_merge(sketches: Sequence[bytes]) -> bytes:
     """The sketch of the union of `sketches` (at least one, all of one precision); byte for
     byte the sketch `hll_build` makes of all their ids. ValueError for bytes that are not a

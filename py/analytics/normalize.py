@@ -11,6 +11,7 @@ may be handed to a worker thread and run in parallel with the event loop and wit
 
 The `hll_*` functions are HyperLogLog sketches of user ids (rust/normalize/src/hll.rs
 documents the byte format, version `HLL_VERSION`): `hll_build(ids, precision)` makes one,
+`hll_group(rows_json, dims)` the rollup job's sketches of a fold's events by key,
 `hll_merge(sketches)` the sketch of their union, `hll_estimate(sketch)` the distinct count,
 within a relative standard error of `hll_standard_error(precision)` = 1.04 / sqrt(2^p)
 (1.625 % at the default precision 12). A sketch of a few ids is a few bytes (its sparse
@@ -38,6 +39,7 @@ from analytics._normalize import (
     copy_columns,
     hll_build,
     hll_estimate,
+    hll_group,
     hll_merge,
     hll_standard_error,
     normalize_batch,
@@ -73,6 +75,7 @@ __all__ = [
     "copy_columns",
     "hll_build",
     "hll_estimate",
+    "hll_group",
     "hll_merge",
     "hll_standard_error",
     "normalize_batch",

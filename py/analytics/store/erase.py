@@ -119,5 +119,7 @@ async def erase_user(
             hours = [datetime.fromisoformat(b) for _, b in touched]
             await conn.execute(_DROP_SKETCHES_SQL, customer_id, names, hours)
             rebuild = users_sql(dimensions, _REBUILD_WHERE)
-            await add_users(conn, rebuild, (customer_id, names, hours), inline, 600.0)
+            await add_users(
+                conn, rebuild, sorted(dimensions), (customer_id, names, hours), inline, 600.0
+            )
     return Erased(row["erased"], row["rollup_rows"], emptied)

@@ -245,6 +245,7 @@ class Folder:
     def __init__(self, dimensions: tuple[str, ...]) -> None:
         self.sql = fold_sql(dimensions, _SOURCE)
         self.users_sql = users_sql(dimensions, "e.xid >= $1::text::xid8 AND e.xid < $2::text::xid8")
+        self.dims = sorted(dimensions)
         self._citus: bool | None = None
 
     async def fold(
@@ -283,7 +284,7 @@ class Folder:
                 high = bound if int(bound) > int(first) else str(int(first) + 1)
             row = await conn.fetchrow(self.sql, low, high, timeout=timeout_s)
             if row["events"]:
-                await add_users(conn, self.users_sql, (low, high), cpu, timeout_s)
+                await add_users(conn, self.users_sql, self.dims, (low, high), cpu, timeout_s)
             await conn.execute(
                 "UPDATE rollup_state SET watermark = $1::text::xid8", high, timeout=timeout_s
             )

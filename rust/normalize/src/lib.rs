@@ -10,6 +10,7 @@ pub mod copy;
 pub mod error;
 pub mod event;
 pub mod hll;
+pub mod hll_group;
 pub mod json;
 pub mod limits;
 pub mod signature;

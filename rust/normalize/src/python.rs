@@ -5,7 +5,7 @@
 
 use crate::columns::{self, Column};
 use crate::error::ErrorCode;
-use crate::{compat, event, hll, signature, Limits, Normalized};
+use crate::{compat, event, hll, hll_group, signature, Limits, Normalized};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -263,6 +263,35 @@ fn hll_build(py: Python<'_>, user_ids: Vec<PyBackedStr>, precision: i64) -> PyRe
     Ok(PyBytes::new(py, &bytes).unbind())
 }
 
+/// The rollup job's sketches of `rows_json` (hll_group.rs: one JSON row per folded event,
+/// `[customer, name, hour, user, [values of dims]]`), in key order:
+/// `(customer, name, dim, dim_value, hour, sketch)`, dim '' the total and `!d` the events
+/// without `d`. Parsing and hashing run without the GIL.
+#[pyfunction]
+#[pyo3(name = "hll_group", signature = (rows_json, dims, precision = i64::from(hll::DEFAULT_P)))]
+#[allow(clippy::type_complexity)]
+fn hll_group_users(
+    py: Python<'_>,
+    rows_json: PyBackedStr,
+    dims: Vec<String>,
+    precision: i64,
+) -> PyResult<Vec<(i64, String, String, String, i64, Py<PyBytes>)>> {
+    let precision = hll_precision(precision)?;
+    let groups = py
+        .detach(|| {
+            hll_group::group_users(&rows_json, &dims, precision).map(|gs| {
+                gs.into_iter()
+                    .map(|(k, s)| (k, s.to_bytes()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .map_err(|e| PyValueError::new_err(e.0))?;
+    Ok(groups
+        .into_iter()
+        .map(|((c, n, d, v, h), bytes)| (c, n, d, v, h, PyBytes::new(py, &bytes).unbind()))
+        .collect())
+}
+
 /// The merge of `sketches` (at least one, all of one precision): the sketch of the union.
 #[pyfunction]
 fn hll_merge(py: Python<'_>, sketches: Vec<PyBackedBytes>) -> PyResult<Py<PyBytes>> {
@@ -301,6 +330,7 @@ fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize_event_name, m)?)?;
     m.add_function(wrap_pyfunction!(copy_columns, m)?)?;
     m.add_function(wrap_pyfunction!(hll_build, m)?)?;
+    m.add_function(wrap_pyfunction!(hll_group_users, m)?)?;
     m.add_function(wrap_pyfunction!(hll_merge, m)?)?;
     m.add_function(wrap_pyfunction!(hll_estimate, m)?)?;
     m.add_function(wrap_pyfunction!(hll_standard_error, m)?)?;
