@@ -10,13 +10,25 @@ from datetime import datetime
 
 import asyncpg
 
+
 #: An event's user as identified, in SQL over `events e` joined with `IDENTITY_JOIN`: the
 #: user its anonymous id is linked to, else its own `user_id`. The sketches the rollup job
 #: writes and the unfolded events a unique-users estimate reads must count users alike.
-IDENTITY_JOIN = (
-    "LEFT JOIN identities i ON i.customer_id = e.customer_id AND i.anonymous_id = e.user_id"
-)
-IDENTIFIED_USER = "coalesce(i.user_id, e.user_id)"
+def identity_join(alias: str) -> str:
+    """`IDENTITY_JOIN` for events under another alias (`alias` has customer_id, user_id)."""
+    return (
+        f"LEFT JOIN identities i ON i.customer_id = {alias}.customer_id"
+        f" AND i.anonymous_id = {alias}.user_id"
+    )
+
+
+def identified_user(alias: str) -> str:
+    """`IDENTIFIED_USER` for events under another alias."""
+    return f"coalesce(i.user_id, {alias}.user_id)"
+
+
+IDENTITY_JOIN = identity_join("e")
+IDENTIFIED_USER = identified_user("e")
 
 # The first link of an anonymous id wins: a retry, or a second identify of the same device
 # as someone else, changes nothing already counted.

@@ -40,7 +40,8 @@ import asyncpg
 
 from analytics.store.citus import is_citus
 from analytics.store.dimensions import dimension_expr
-from analytics.store.sketches import Cpu, add_users, inline, users_sql
+from analytics.store.identities import identity_join
+from analytics.store.sketches import Cpu, inline, merge_users, users_json
 
 #: Advisory lock held by the transaction folding events (and by an erasure): one at a time
 #: across every process and host.
@@ -101,6 +102,7 @@ def fold_sql(
     sign: int = 1,
     before: tuple[str, ...] = (),
     also: tuple[str, ...] = (),
+    users: bool = False,
 ) -> str:
     """Add (sign 1) or subtract (sign -1) the events of `source` to every rollup table.
 
@@ -109,7 +111,9 @@ def fold_sql(
     rows in the same order. Returns one row: `events` (how many were folded) and, per table,
     the rows left with a count of 0 or less as JSON (`emptied_<table>`, for the erasure to
     delete; a fold adding events leaves none). `before` are CTEs the source may read, `also`
-    more result columns.
+    more result columns. With `users` the source also gives user_id, and the row has
+    `users`: the events' users for their sketches (`sketches.users_json`), read from the same
+    scan and the same dimension values.
     """
     dims = sorted(dimensions)
     column = {d: f"d{i}" for i, d in enumerate(dims)}
@@ -126,8 +130,8 @@ def fold_sql(
     ctes = [
         *before,
         f"src AS MATERIALIZED ({source})",
-        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted} "
-        "FROM src e)",
+        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
+        f"{', e.user_id' if users else ''} FROM src e)",
         f"""s_minute AS MATERIALIZED (
     SELECT f.customer_id, f.name, d.dim, d.val AS dim_value,
            date_trunc('minute', f.ts, 'UTC') AS bucket, {n} AS n, {s} AS s
@@ -150,6 +154,10 @@ def fold_sql(
     WHERE p.va IS NOT NULL AND p.vb IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
         )
     results = ["(SELECT count(*) FROM src) AS events", *also]
+    if users:
+        values = [f"f.{column[d]}" for d in dims]
+        from_where = f"FROM fresh f {identity_join('f')} WHERE true"
+        results.append(f"{users_json('f', values, from_where)} AS users")
     for table in tables_for(dimensions):
         delta = f"{'p' if table.pair else 's'}_{table.grain}"
         key = ", ".join(table.key)
@@ -185,7 +193,7 @@ SELECT watermark::text AS watermark, pg_snapshot_xmin(pg_current_snapshot())::te
 FROM rollup_state FOR UPDATE
 """
 
-_SOURCE = """SELECT customer_id, name, ts, value, properties, flags FROM events
+_SOURCE = """SELECT customer_id, name, ts, value, properties, flags, user_id FROM events
     WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8"""
 
 
@@ -243,8 +251,7 @@ class Folder:
     """The rollup job's statements for a set of dimensions, built once."""
 
     def __init__(self, dimensions: tuple[str, ...]) -> None:
-        self.sql = fold_sql(dimensions, _SOURCE)
-        self.users_sql = users_sql(dimensions, "e.xid >= $1::text::xid8 AND e.xid < $2::text::xid8")
+        self.sql = fold_sql(dimensions, _SOURCE, users=True)
         self.dims = sorted(dimensions)
         self._citus: bool | None = None
 
@@ -284,7 +291,7 @@ class Folder:
                 high = bound if int(bound) > int(first) else str(int(first) + 1)
             row = await conn.fetchrow(self.sql, low, high, timeout=timeout_s)
             if row["events"]:
-                await add_users(conn, self.users_sql, self.dims, (low, high), cpu, timeout_s)
+                await merge_users(conn, row["users"], self.dims, cpu, timeout_s)
             await conn.execute(
                 "UPDATE rollup_state SET watermark = $1::text::xid8", high, timeout=timeout_s
             )

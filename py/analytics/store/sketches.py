@@ -20,7 +20,7 @@ import asyncpg
 
 from analytics.normalize import hll_group, hll_merge
 from analytics.store.dimensions import dimension_expr
-from analytics.store.identities import IDENTIFIED_USER, IDENTITY_JOIN
+from analytics.store.identities import identified_user, identity_join
 
 #: Runs `fn(*args)` in a worker thread and returns its result (Offload.run with a limiter).
 Cpu = Callable[..., Awaitable[Any]]
@@ -33,23 +33,26 @@ Key = tuple[int, str, str, str, datetime]
 MISSING = "!"
 
 
+def users_json(alias: str, values: list[str], from_where: str) -> str:
+    """A SQL expression: the users of the events of `from_where` (a FROM ... WHERE over
+    events or a CTE of them, as `alias`, joined with identities as `i`), one JSON row per
+    event, `[customer, name, hour (Unix seconds), user, [values]]`, as one text value.
+    `values` are the SQL of each dimension's value, in `sorted(dimensions)` order. Rust
+    (`hll_group`) groups them by sketch key: a grouping in SQL (a row per event and key,
+    then `array_agg(DISTINCT user)`) was 56 % of the fold's database CPU."""
+    a = alias
+    return f"""(SELECT coalesce(json_agg(json_build_array(
+           {a}.customer_id, {a}.name,
+           extract(epoch FROM date_trunc('hour', {a}.ts, 'UTC'))::bigint,
+           {identified_user(a)}, json_build_array({", ".join(values)})))::text, '[]')
+    {from_where} AND {a}.user_id IS NOT NULL)"""
+
+
 def users_sql(dimensions: tuple[str, ...], where: str) -> str:
-    """The users of the events matching `where` (SQL over `e`, the events), one JSON row per
-    event: `[customer, name, hour (Unix seconds), user, [value of each dimension or null]]`,
-    the dimensions in `sorted(dimensions)` order, as one text value. `add_users` groups them
-    by sketch key in Rust (`hll_group`): a grouping in SQL (a row per event and key, then
-    `array_agg(DISTINCT user)`) was 56 % of the fold's database CPU."""
-    values = ", ".join(
-        dimension_expr(d, "e.properties", flags="e.flags") for d in sorted(dimensions)
-    )
-    return f"""
-SELECT coalesce(json_agg(json_build_array(
-           e.customer_id, e.name,
-           extract(epoch FROM date_trunc('hour', e.ts, 'UTC'))::bigint,
-           {IDENTIFIED_USER}, json_build_array({values})))::text, '[]')
-FROM events e {IDENTITY_JOIN}
-WHERE {where} AND e.user_id IS NOT NULL
-"""
+    """The users of the events matching `where` (SQL over `e`, the events), as `users_json`
+    gives them: for `add_users`."""
+    values = [dimension_expr(d, "e.properties", flags="e.flags") for d in sorted(dimensions)]
+    return "SELECT " + users_json("e", values, f"FROM events e {identity_join('e')} WHERE {where}")
 
 
 _STORED_SQL = """
@@ -101,10 +104,18 @@ async def add_users(
     timeout_s: float,
 ) -> int:
     """Merge the users `groups_sql` finds (a `users_sql` of `dims`, sorted) into the stored
-    sketches; returns
-    how many sketches were written. Runs inside the caller's transaction (the fold's). What
-    is not the driver's own work runs through `cpu` (off the event loop in the service)."""
+    sketches; returns how many sketches were written."""
     rows_json = await conn.fetchval(groups_sql, *args, timeout=timeout_s)
+    return await merge_users(conn, rows_json, dims, cpu, timeout_s)
+
+
+async def merge_users(
+    conn: asyncpg.Connection, rows_json: str, dims: list[str], cpu: Cpu, timeout_s: float
+) -> int:
+    """Merge the users of `rows_json` (as `users_json` gives them, over `dims`, sorted) into
+    the stored sketches; returns how many sketches were written. Runs inside the caller's
+    transaction (the fold's). What is not the driver's own work runs through `cpu` (off the
+    event loop in the service)."""
     groups, key_columns = await cpu(_groups, rows_json, dims)
     if not groups:
         return 0
