@@ -36,13 +36,18 @@ UA_FAMILIES = (
 )
 
 
-def _ua_family(props: str) -> str:
-    ua = f"lower({props}->>'user_agent')"
+def _ua_family(props: str, ua: str | None = None) -> str:
+    ua = ua or f"lower({props}->>'user_agent')"
     cases = " ".join(
         f"WHEN strpos({ua}, '{needle}') > 0 THEN '{family}'" for needle, family in UA_FAMILIES
     )
     return f"(CASE {cases} END)"
 
+
+#: A lateral join giving `u.ua`, the lowercased user agent of the events `e`, computed once
+#: per row (`OFFSET 0` keeps the planner from inlining it back into each of the family's
+#: tests): for `dimension_expr(..., ua="u.ua")`. Up to ten `lower()` calls a row otherwise.
+UA_LATERAL = "CROSS JOIN LATERAL (SELECT lower(e.properties->>'user_agent') AS ua OFFSET 0) u"
 
 #: Set in an event's `flags` by the group commit when the `enrichment` flag was off as it was
 #: stored: its `browser` is then only what the event says (no family read from the user
@@ -52,7 +57,12 @@ UNENRICHED = 0x4000
 
 
 def dimension_expr(
-    dim: str, props: str = "properties", *, enrich: bool = True, flags: str | None = None
+    dim: str,
+    props: str = "properties",
+    *,
+    enrich: bool = True,
+    flags: str | None = None,
+    ua: str | None = None,
 ) -> str:
     """SQL for a dimension's value of one event row.
 
@@ -60,11 +70,13 @@ def dimension_expr(
     property of that name. With `enrich`, `browser` falls back to the family read from the
     `user_agent` property when the event names no browser (the `enrichment` flag's work);
     with `flags` (the SQL of the row's flags), only unless the row is marked `UNENRICHED`.
+    `ua`: the SQL of the row's lowercased user agent when the caller computes it once (see
+    `UA_LATERAL`); else each of the family's tests lowers it again.
     """
     check_dimension(dim)
     if dim == "browser" and enrich:
         named = f"coalesce({props}->>'browser', {props}->>'browser.name')"
-        value = f"coalesce({named}, {_ua_family(props)})"
+        value = f"coalesce({named}, {_ua_family(props, ua)})"
         if flags is not None:
             value = f"(CASE WHEN {flags} & {UNENRICHED} = 0 THEN {value} ELSE {named} END)"
         return f"left({value}, {MAX_DIM_VALUE_CHARS})"

@@ -39,7 +39,7 @@ import anyio
 import asyncpg
 
 from analytics.store.citus import is_citus
-from analytics.store.dimensions import dimension_expr
+from analytics.store.dimensions import UA_LATERAL, dimension_expr
 from analytics.store.identities import identity_join
 from analytics.store.sketches import Cpu, inline, merge_users, users_json
 
@@ -117,8 +117,9 @@ def fold_sql(
     """
     dims = sorted(dimensions)
     column = {d: f"d{i}" for i, d in enumerate(dims)}
+    ua = "u.ua" if "browser" in dims else None
     extracted = ", ".join(
-        f"{dimension_expr(d, 'e.properties', flags='e.flags')} AS {column[d]}" for d in dims
+        f"{dimension_expr(d, 'e.properties', flags='e.flags', ua=ua)} AS {column[d]}" for d in dims
     )
     singles = ", ".join(["('', '')", *(f"('{d}', f.{column[d]})" for d in dims)])
     pair_rows = ", ".join(
@@ -131,7 +132,7 @@ def fold_sql(
         *before,
         f"src AS MATERIALIZED ({source})",
         f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
-        f"{', e.user_id' if users else ''} FROM src e)",
+        f"{', e.user_id' if users else ''} FROM src e{' ' + UA_LATERAL if ua else ''})",
         f"""s_minute AS MATERIALIZED (
     SELECT f.customer_id, f.name, d.dim, d.val AS dim_value,
            date_trunc('minute', f.ts, 'UTC') AS bucket, {n} AS n, {s} AS s
