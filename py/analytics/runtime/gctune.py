@@ -26,6 +26,7 @@ import time
 #: prometheus-client's lock, so observing a metric from it could deadlock.
 _pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)
 _started: list[float] = []
+_frozen: list[bool] = []
 
 
 def _callback(phase: str, info: dict) -> None:
@@ -37,9 +38,13 @@ def _callback(phase: str, info: dict) -> None:
 
 def tune(gen0_threshold: int) -> None:
     """Freezes what is alive now, sets the young generation's threshold (0: leave Python's
-    thresholds) and starts timing every pass. Idempotent: a second call freezes again."""
-    gc.collect()  # start-up's garbage goes now, not into the frozen generation
-    gc.freeze()
+    thresholds) and starts timing every pass. Freezes once per process: objects frozen are
+    never collected, so a process that starts many apps (a test run) must not freeze each
+    one's objects as it goes; a server's worker starts one."""
+    if not _frozen:
+        _frozen.append(True)
+        gc.collect()  # start-up's garbage goes now, not into the frozen generation
+        gc.freeze()
     if gen0_threshold > 0:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(gen0_threshold, gen1, gen2)
