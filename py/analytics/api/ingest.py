@@ -175,8 +175,10 @@ async def commit(request: Request, result: NormalizedBatch) -> tuple[int, int]:
             raise ApiError(
                 503, "write_failed", "the events were not stored; retry", {"Retry-After": "1"}
             ) from None
-    prometheus.events_accepted.inc(inserted)
-    prometheus.events_duplicate.inc(duplicates)
+    if inserted:  # each counter update is a locked write to a shared file (multiprocess)
+        prometheus.events_accepted.inc(inserted)
+    if duplicates:
+        prometheus.events_duplicate.inc(duplicates)
     return inserted, duplicates
 
 
