@@ -97,8 +97,9 @@ class Profiler:
 
     def result(self) -> dict[str, Any]:
         """The summary of every recording (each given 30 s to finish writing, then stopped).
-        The raw recordings stay in the run's directory (`py-spy-<mode>-<scenario>-<rate>-<pid>.txt`, collapsed
-        stacks: `inferno-flamegraph` or speedscope read them)."""
+        The raw recordings stay in the run's directory as collapsed stacks, one file per
+        step and process (`py-spy-<mode>-<scenario>-<rate>-<pid>.txt`: `inferno-flamegraph`
+        or speedscope read them)."""
         text = []
         for proc, raw in self.procs:
             try:
