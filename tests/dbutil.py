@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import anyio
@@ -50,3 +51,9 @@ async def apply_migrations(conn: asyncpg.Connection, migrations: list) -> None:
         await conn.execute(
             "INSERT INTO schema_migrations VALUES ($1, $2, now())", m.version, m.name
         )
+
+
+#: The suites run against a Citus cluster (`just test-citus`): tests/conftest.py's database
+#: fixtures give databases of its coordinator. A test that cannot run there says why with
+#: `pytest.mark.skipif(ON_CITUS, reason=...)`.
+ON_CITUS = os.environ.get("CITUS_TESTS") == "1"

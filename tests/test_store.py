@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -31,12 +32,24 @@ async def conn(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def insert_event(conn: asyncpg.Connection, ts: datetime) -> str:
-    """Insert one event at `ts`; return the name of the partition that stored it."""
-    return await conn.fetchval(
+    """Insert one event at `ts`; return the name of the partition that stored it (looked up
+    in each partition: on Citus a row's `tableoid` is its shard's, on a worker)."""
+    key = uuid.uuid4().hex
+    await conn.execute(
         "INSERT INTO events (customer_id, ts, name, dedup_key, received_at, properties, flags)"
-        " VALUES (1, $1, 'e', 'k', $1, '{}', 0) RETURNING tableoid::regclass::text",
+        " VALUES (1, $1, 'e', $2, $1, '{}', 0)",
         ts,
+        key,
     )
+    partitions = await conn.fetch(
+        "SELECT inhrelid::regclass::text AS p FROM pg_inherits WHERE inhparent = 'events'::regclass"
+    )
+    (holder,) = [
+        r["p"]
+        for r in partitions
+        if await conn.fetchval(f"SELECT count(*) FROM {r['p']} WHERE dedup_key = $1", key)
+    ]
+    return holder
 
 
 async def test_migrate_applies_in_order_once_and_records(blank_dsn: str) -> None:
