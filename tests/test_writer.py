@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import asyncpg
 import pytest
 
 from analytics.normalize import Limits, normalize_batch
@@ -24,6 +25,7 @@ from analytics.pipeline.writer import (
 )
 from analytics.settings import Settings
 from analytics.store.bootstrap import customer_with_keys
+from analytics.store.group_commit import refuses_rows
 from analytics.store.pool import connect
 from analytics.store.rollups import Folder
 
@@ -111,6 +113,25 @@ async def test_a_request_postgres_refuses_fails_alone(fresh_dsn):
         assert {r["name"]: r["n"] for r in stored} == {"ok_a": 1, "ok_b": 1}
     finally:
         await conn.close()
+
+
+def _error(sqlstate: str, message: str, function: str = "") -> asyncpg.PostgresError:
+    return asyncpg.PostgresError.new({"S": "ERROR", "C": sqlstate, "M": message, "R": function})
+
+
+def test_what_counts_as_rows_refused_single_node_and_citus():
+    """Citus relays a shard's COPY error without its SQLSTATE (XX000 from ReportCopyError):
+    a refusal of the rows unless the shard's message is a passing failure."""
+    assert refuses_rows(_error("22003", "bigint out of range"))
+    assert refuses_rows(_error("54000", "index row size 6040 exceeds btree version 4 maximum"))
+    relayed = "index row size 6040 exceeds btree version 4 maximum 2704 for index"
+    assert refuses_rows(_error("XX000", relayed, "ReportCopyError"))
+    for passing in ("canceling statement due to lock timeout", "deadlock detected",
+                    "terminating connection due to administrator command"):  # fmt: skip
+        assert not refuses_rows(_error("XX000", passing, "ReportCopyError"))
+    assert not refuses_rows(_error("XX000", relayed, "elog_finish"))  # a real internal error
+    assert not refuses_rows(_error("40001", "could not serialize access"))
+    assert not refuses_rows(_error("57014", "canceling statement due to statement timeout"))
 
 
 @pytest.mark.anyio

@@ -8,6 +8,7 @@ transaction. The writer (pipeline/writer.py) owns batching, lanes and their conn
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -156,7 +157,28 @@ class RowsRefused(Exception):
     """PostgreSQL refused the group for what its rows hold (a data exception, class 22, such
     as a sum out of range or a character text cannot store; or a program limit, class 54, such
     as an index row too large): the transaction was rolled back, the connection is fine, and
-    the same rows would fail again. Any other failure (connection, timeout) is not this."""
+    the same rows would fail again (`refuses_rows`, Citus included). Any other failure
+    (connection, timeout) is not this."""
+
+
+#: A shard's own failures to take rows that say nothing about the rows: on Citus these come
+#: back through the same relay as a refusal (`refuses_rows`), told apart by their message.
+_TRANSIENT = re.compile(
+    r"canceling statement|deadlock detected|could not serialize|terminating connection"
+    r"|could not extend|could not write|out of memory|no space left|connection to the remote"
+)
+
+
+def refuses_rows(e: asyncpg.PostgresError) -> bool:
+    """Whether `e` is PostgreSQL refusing the rows themselves (`RowsRefused`). On Citus the
+    rows of events reach their shards by COPY, and a shard's refusal comes back without its
+    SQLSTATE: an internal error (XX000) raised by Citus' `ReportCopyError` with the shard's
+    message (e.g. the index row too large), counted as a refusal unless the message names a
+    passing failure of the shard (`_TRANSIENT`)."""
+    if isinstance(e, (asyncpg.DataError, asyncpg.ProgramLimitExceededError)):
+        return True
+    relayed = getattr(e, "server_source_function", None) == "ReportCopyError"
+    return relayed and e.sqlstate == "XX000" and not _TRANSIENT.search(str(e))
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
@@ -192,6 +214,8 @@ async def write_group(
                     "staging", source=data, columns=list(COPY_COLUMNS), format="binary"
                 )
                 result = await conn.fetch(statements.staged, now, offsets, usage_window)
-    except (asyncpg.DataError, asyncpg.ProgramLimitExceededError) as e:
-        raise RowsRefused(f"{type(e).__name__}: {e}") from e
+    except asyncpg.PostgresError as e:
+        if refuses_rows(e):
+            raise RowsRefused(f"{type(e).__name__}: {e}") from e
+        raise
     return [(r["req"], r["inserted"]) for r in result if r["req"] >= 0]
