@@ -8,6 +8,9 @@ py := VIRTUAL_ENV / "bin/python"
 # the main checkout when this is a git worktree).
 export CITUS_SRC := env_var_or_default("CITUS_SRC", `git rev-parse --path-format=absolute --git-common-dir 2>/dev/null || echo "$PWD/.git"` / "../../shared/vendor/citus-13.2.2.tar.gz")
 
+# The suites `just test-citus` runs against a Citus cluster besides tests/test_citus.py.
+CITUS_SUITES := "tests/test_store.py tests/test_api.py tests/test_resilience.py tests/test_writer.py tests/test_rollups.py tests/test_governance.py tests/test_retention.py"
+
 # Run the tests (what `just` alone does).
 default: test
 
@@ -78,11 +81,13 @@ serve *ARGS: build
 citus WORKERS="2" *ARGS: build
     "$VIRTUAL_ENV/bin/analytics" serve --citus-workers {{WORKERS}} {{ARGS}}
 
-# tests/test_citus.py against a cluster of a coordinator and two workers built from
-# CITUS_SRC (default ../shared/vendor/citus-13.2.2.tar.gz); `just test` skips it.
-# The Citus suite: ingest, dedup, exact answers, invalidation on a real cluster.
+# tests/test_citus.py, then the store, API, resilience, writer, rollup, governance and
+# retention suites unchanged against a cluster of a coordinator and two workers built from
+# CITUS_SRC (default ../shared/vendor/citus-13.2.2.tar.gz): with CITUS_TESTS=1 the database
+# fixtures (tests/conftest.py) give databases of its coordinator. `just test` skips it.
+# The Citus suites: ingest, dedup, exact answers, invalidation, and the suites on a real cluster.
 test-citus *ARGS: build
-    CITUS_TESTS=1 "{{py}}" -m pytest tests/test_citus.py {{ARGS}}
+    CITUS_TESTS=1 "{{py}}" -m pytest tests/test_citus.py {{CITUS_SUITES}} {{ARGS}}
 
 # Starts PostgreSQL, the billing stub and the server (pinned to core 0), writes
 # benches/results/<timestamp>/. e.g. `just load --quick`, `just load --compare` (the case

@@ -299,3 +299,64 @@ def test_erasure_subtracts_a_users_events_on_citus(citus_dsn, tmp_path):
         rollup = fetchval(citus_dsn, "SELECT sum(count) FROM rollup_hour WHERE customer_id = $1"
                           " AND name = 'gone' AND dim = ''", k["customer_id"])  # fmt: skip
         assert rollup == 5
+
+
+def test_retention_drops_a_distributed_partition_and_its_shards_on_every_worker(
+    citus_dsn, citus_root
+):
+    """DETACH PARTITION and DROP of a monthly partition of the distributed `events`: the
+    coordinator's table and every shard of it on the workers go; the other months stay."""
+    from analytics.pipeline.maintenance import apply_retention
+    from analytics.store.partitions import ensure_partitions
+    from analytics.store.pool import create_pool
+
+    cli(citus_dsn, "migrate")
+    jan, feb = datetime(2021, 1, 1, tzinfo=UTC), datetime(2021, 2, 1, tzinfo=UTC)
+    customers = [10_001, 10_002, 10_003, 10_004]
+
+    def on_workers(shards: list[str]) -> list[str]:
+        found = []
+        for worker in sorted((citus_root / "citus").glob("worker*/port")):
+            dsn = citus_cluster.dsn(int(worker.read_text()))
+            found += [r["s"] for r in fetch(dsn, "SELECT s FROM unnest($1::text[]) AS s"
+                                            " WHERE to_regclass(s) IS NOT NULL", shards)]  # fmt: skip
+        return found
+
+    async def seed() -> list[str]:
+        conn = await connect(citus_dsn, Settings())
+        try:
+            await ensure_partitions(conn, feb, months_back=1, months_ahead=0)
+            for c in customers:
+                for ts in (jan + timedelta(days=3), feb + timedelta(days=3)):
+                    await conn.execute(
+                        "INSERT INTO events (customer_id, ts, name, dedup_key, received_at,"
+                        " properties, flags) VALUES ($1, $2, 'old', $3, $2, '{}', 0)",
+                        c, ts, f"k{ts.timestamp()}",
+                    )  # fmt: skip
+            return [r["s"] for r in await conn.fetch(
+                "SELECT shard_name('events_y2021m01'::regclass, shardid) AS s FROM pg_dist_shard"
+                " WHERE logicalrelid = 'events_y2021m01'::regclass")]  # fmt: skip
+        finally:
+            await conn.close()
+
+    async def retain() -> tuple[list[str], int]:
+        pool = await create_pool(Settings(database_url=citus_dsn, pool_min_size=1))
+        try:
+            # Cutoff 2021-02-15: January lies before it, February does not.
+            dropped = await apply_retention(pool, datetime(2021, 3, 17, tzinfo=UTC),
+                                            timedelta(days=30))  # fmt: skip
+            left = await pool.fetchval("SELECT count(*) FROM events WHERE name = 'old'"
+                                       " AND customer_id = ANY($1::bigint[])", customers)  # fmt: skip
+            return dropped, left
+        finally:
+            await pool.close()
+
+    shards = anyio.run(seed)
+    assert len(shards) == 16 and sorted(on_workers(shards)) == sorted(shards)  # one place each
+    dropped, left = anyio.run(retain)
+    assert dropped == ["events_y2021m01"]
+    assert left == len(customers)  # February's, on their shards
+    assert fetchval(citus_dsn, "SELECT to_regclass('events_y2021m01')") is None
+    assert not fetchval(citus_dsn, "SELECT count(*) FROM pg_dist_shard s JOIN unnest($1::text[])"
+                        " AS n ON shard_name(s.logicalrelid, s.shardid) = n", shards)  # fmt: skip
+    assert on_workers(shards) == []
