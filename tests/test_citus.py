@@ -318,8 +318,8 @@ def test_retention_drops_a_distributed_partition_and_its_shards_on_every_worker(
         found = []
         for worker in sorted((citus_root / "citus").glob("worker*/port")):
             dsn = citus_cluster.dsn(int(worker.read_text()))
-            found += [r["s"] for r in fetch(dsn, "SELECT s FROM unnest($1::text[]) AS s"
-                                            " WHERE to_regclass(s) IS NOT NULL", shards)]  # fmt: skip
+            sql = "SELECT s FROM unnest($1::text[]) AS s WHERE to_regclass(s) IS NOT NULL"
+            found += [r["s"] for r in fetch(dsn, sql, shards)]
         return found
 
     async def seed() -> list[str]:
@@ -345,8 +345,8 @@ def test_retention_drops_a_distributed_partition_and_its_shards_on_every_worker(
             # Cutoff 2021-02-15: January lies before it, February does not.
             dropped = await apply_retention(pool, datetime(2021, 3, 17, tzinfo=UTC),
                                             timedelta(days=30))  # fmt: skip
-            left = await pool.fetchval("SELECT count(*) FROM events WHERE name = 'old'"
-                                       " AND customer_id = ANY($1::bigint[])", customers)  # fmt: skip
+            sql = "SELECT count(*) FROM events WHERE name = 'old' AND customer_id = ANY($1)"
+            left = await pool.fetchval(sql, customers)
             return dropped, left
         finally:
             await pool.close()
