@@ -43,7 +43,7 @@ from analytics.normalize import Limits, normalize_batch
 from analytics.settings import DEFAULT_DIMENSIONS, Settings
 from analytics.store import citus_cluster, group_commit
 from analytics.store.bootstrap import customer_with_keys, prepare
-from analytics.store.citus import create_extension, distribute, join_cluster
+from analytics.store.citus import distribute
 from analytics.store.embedded import start_embedded, stop_embedded
 from analytics.store.migrations import migrate
 from analytics.store.pool import connect
@@ -235,18 +235,7 @@ def _citus(root: Path, workers: int) -> tuple[str, list[Path]]:
     """A local Citus cluster under `root`: the coordinator's DSN, every node's data dir."""
     citus_cluster.ensure_citus_built(Path(os.environ.get("CITUS_SRC") or Settings().citus_src))
     coordinator, ports = citus_cluster.start_cluster(root, workers)
-    settings = Settings()
-
-    async def join() -> None:
-        for port in ports:
-            node = await connect(citus_cluster.dsn(port), settings)
-            await create_extension(node)
-            await node.close()
-        conn = await connect(citus_cluster.dsn(coordinator), settings)
-        await join_cluster(conn, coordinator, ports)
-        await conn.close()
-
-    anyio.run(join)
+    citus_cluster.join_nodes(coordinator, ports)
     names = citus_cluster.node_names(workers)
     return citus_cluster.dsn(coordinator), [root / "citus" / n / "pg" for n in names]
 

@@ -29,7 +29,8 @@ import asyncpg
 import pytest
 from blockbuster import blockbuster_ctx
 
-from analytics.store.citus import create_extension, distribute, join_cluster
+from analytics.store import citus_cluster
+from analytics.store.citus import distribute
 from analytics.store.embedded import start_embedded, stop_embedded
 from analytics.store.migrations import migrate
 from dbutil import ON_CITUS
@@ -121,8 +122,12 @@ def _seal(server_dsn: str, name: str) -> None:
 
 
 def _drop_database(server_dsn: str, name: str) -> None:
-    """DROP DATABASE on every node. On Citus, connections are refused on every node first (the
+    """DROP DATABASE on every node. On Citus, a transaction a test's server left in doubt on
+    a worker (a stop during a fold's two-phase commit: the maintenance daemon would recover
+    it within a minute) is recovered first, then connections are refused on every node (the
     nodes' daemons connect to each other), and a daemon slow to go is waited for."""
+    if server_dsn in _NODES:
+        _admin(dsn_for(server_dsn, name), "SELECT recover_prepared_transactions()")
     _seal(server_dsn, name)
 
     async def run() -> None:
@@ -154,29 +159,13 @@ def _create_database(server_dsn: str, template: str) -> str:
 def _start_citus(root: Path) -> str:
     """A coordinator and two workers under `root`, with the blank template on each; the
     coordinator's DSN."""
-    from analytics.store import citus_cluster
-
     src = Path(os.environ.get("CITUS_SRC") or ROOT / "../shared/vendor/citus-13.2.2.tar.gz")
     citus_cluster.ensure_citus_built(src)
     coordinator, workers = citus_cluster.start_cluster(root, 2)
     nodes = [citus_cluster.dsn(port) for port in (coordinator, *workers)]
     for node in nodes:
         _admin(node, f"CREATE DATABASE {CITUS_BLANK} TEMPLATE template0")
-
-    async def join() -> None:
-        for node in nodes:
-            conn = await asyncpg.connect(dsn_for(node, CITUS_BLANK))
-            try:
-                await create_extension(conn)
-            finally:
-                await conn.close()
-        conn = await asyncpg.connect(dsn_for(nodes[0], CITUS_BLANK))
-        try:
-            await join_cluster(conn, coordinator, workers)
-        finally:
-            await conn.close()
-
-    anyio.run(join)
+    citus_cluster.join_nodes(coordinator, workers, CITUS_BLANK)
     _NODES[nodes[0]] = nodes
     _seal(nodes[0], CITUS_BLANK)
     return nodes[0]
@@ -194,8 +183,6 @@ def pg_server() -> Iterator[str]:
             yield start_embedded(root)
     finally:
         if ON_CITUS:
-            from analytics.store import citus_cluster
-
             citus_cluster.stop_cluster(root / "citus")
         else:
             stop_embedded(root)

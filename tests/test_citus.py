@@ -360,3 +360,47 @@ def test_retention_drops_a_distributed_partition_and_its_shards_on_every_worker(
     assert not fetchval(citus_dsn, "SELECT count(*) FROM pg_dist_shard s JOIN unnest($1::text[])"
                         " AS n ON shard_name(s.logicalrelid, s.shardid) = n", shards)  # fmt: skip
     assert on_workers(shards) == []
+
+
+def test_a_transaction_in_doubt_in_another_database_does_not_hold_the_fold_back(
+    citus_dsn, citus_root
+):
+    """A worker shared with another database (a staging copy, another service) may hold a
+    prepared transaction of that database for long: the fold waits only for ours."""
+    from analytics.settings import DEFAULT_DIMENSIONS
+    from analytics.store.rollups import Folder
+
+    cli(citus_dsn, "migrate")
+    worker = citus_cluster.dsn(int((citus_root / "citus" / "worker1" / "port").read_text()))
+    other = worker.replace("/postgres?", "/elsewhere?")
+
+    async def execute(dsn: str, sql: str) -> None:
+        conn = await connect(dsn, Settings())
+        try:
+            await conn.execute(sql)  # several statements: the simple protocol
+        finally:
+            await conn.close()
+
+    anyio.run(execute, worker, "CREATE DATABASE elsewhere")
+    gid = f"elsewhere-{uuid.uuid4().hex[:8]}"
+
+    anyio.run(execute, other, f"BEGIN; CREATE TABLE t (x int); PREPARE TRANSACTION '{gid}'")
+    try:
+        fetch(citus_dsn, "INSERT INTO events (customer_id, ts, name, dedup_key, received_at,"
+              " properties, flags) SELECT g, now(), 'doubt', 'k' || g::text, now(), '{}', 0"
+              " FROM generate_series(20001, 20010) g")  # fmt: skip
+
+        async def fold() -> int:
+            conn = await connect(citus_dsn, Settings())
+            try:
+                folded = await Folder(DEFAULT_DIMENSIONS).fold(conn, 30.0)
+                return folded.events if folded else -1
+            finally:
+                await conn.close()
+
+        assert anyio.run(fold) >= 10
+        assert not fetchval(citus_dsn, "SELECT count(*) FROM events WHERE name = 'doubt'"
+                            " AND xid >= (SELECT watermark FROM rollup_state)")  # fmt: skip
+    finally:
+        anyio.run(execute, other, f"ROLLBACK PREPARED '{gid}'")
+        anyio.run(execute, worker, "DROP DATABASE elsewhere")

@@ -7,7 +7,10 @@ also the case study's `naive` and `threaded` baselines from `benches/casestudy`;
 `copy`, the same normalizer and one COPY per request) the harness starts a fresh stack: an
 embedded PostgreSQL under a temporary directory (migrated, with a signing write key and a
 read key), the billing stub with `--stub-latency-ms` of latency (not for a reference: it
-bills nothing), and the server, pinned to core 0 where `taskset` exists. k6
+bills nothing), and the server, pinned to core 0 where `taskset` exists. With
+`--citus-workers N` the service runs a second time right after, on a local Citus cluster (a
+coordinator and N workers, Citus built from CITUS_SRC once; deploy/citus.md): the same
+ladders against the single node and Citus in one run, its rows labelled `service@citusN`. k6
 (`benches/load/ingest.js`, pinned to the other core) then offers each scenario at a ladder
 of constant arrival rates (an open model: a stalled server shows in the tail, not as a
 slower client). Every request carries `X-Scenario`.

@@ -98,6 +98,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " variants run asyncio); a list (uvloop,asyncio,trio) runs the same ladders on each,"
         " one fresh stack per class, rows labelled mode@class",
     )
+    p.add_argument(
+        "--citus-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the service on a local Citus cluster of a coordinator and N workers"
+        " (Citus built from CITUS_SRC once), after the single node: the same ladders, rows"
+        " labelled service@citusN",
+    )
     p.add_argument("--batch", type=int, default=500, help="events per ingest_batch request")
     p.add_argument("--probes", type=int, default=20, help="freshness probes per step")
     p.add_argument("--timeout", type=int, default=10, help="per-request timeout in seconds")
@@ -156,6 +165,7 @@ def run(opts: argparse.Namespace) -> int:
         "workers": opts.workers,
         "worker_class": ",".join(classes),
         "stub_latency_ms": opts.stub_latency_ms,
+        "citus_workers": opts.citus_workers,
         "batch": opts.batch,
         "sign": opts.sign,
         "server_cpus": server_cpus,
@@ -177,7 +187,8 @@ def run(opts: argparse.Namespace) -> int:
     steps: list[Step] = []
     t0 = time.monotonic()
     try:
-        for opts.worker_class, mode in [(c, m) for c in classes for m in modes]:
+        citus_workers = opts.citus_workers
+        for opts.worker_class, mode, citus in _runs(classes, modes, citus_workers):
             mine = planned.runs[mode]
             if not mine:
                 continue
@@ -186,8 +197,10 @@ def run(opts: argparse.Namespace) -> int:
             cpus = "0" if mode in BASELINES and server_cpus is not None else server_cpus
             stub = "" if mode in REFERENCES else " billing stub,"
             label = mode if len(classes) == 1 else f"{mode}@{opts.worker_class}"
-            print(f"[{label:8s}] starting PostgreSQL,{stub} server ...", flush=True)
-            with Stack(mode, opts, ROOT, cpus, label=label) as stack:
+            label += f"@citus{citus}" if citus else ""
+            db = f"Citus ({citus} workers)" if citus else "PostgreSQL"
+            print(f"[{label:8s}] starting {db},{stub} server ...", flush=True)
+            with Stack(mode, opts, ROOT, cpus, label=label, citus_workers=citus) as stack:
                 if opts.warmup:
                     # Unrecorded: connection pools, prepared statements, caches.
                     first = next((s for s in mine if s != "burst"), "ingest_single")
@@ -216,6 +229,20 @@ def run(opts: argparse.Namespace) -> int:
     print(render_markdown(steps, meta))
     print(f"results: {run_dir}/results.md, results.json, latency.png ({meta['elapsed_s']} s)")
     return 0
+
+
+def _runs(
+    classes: Sequence[str], modes: Sequence[str], citus_workers: int
+) -> list[tuple[str, str, int]]:
+    """(worker class, mode, Citus workers or 0) of each stack, in order: every mode on the
+    single node, and with `citus_workers` the service again on Citus right after it."""
+    runs = []
+    for c in classes:
+        for m in modes:
+            runs.append((c, m, 0))
+            if m == "service" and citus_workers:
+                runs.append((c, m, citus_workers))
+    return runs
 
 
 def _loadavg() -> str:

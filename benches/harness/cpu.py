@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 
 def cpu_plan(workers: int) -> tuple[str | None, str | None]:
@@ -49,9 +49,10 @@ def proc_stats() -> dict[int, tuple[int, float]]:
     return out
 
 
-def tree_cpu(roots: Mapping[str, int | None]) -> dict[str, float]:
-    """CPU seconds used so far by each named process and its descendants (Linux; empty
-    elsewhere). Exited descendants' time is not counted: compare live process trees only."""
+def tree_cpu(roots: Mapping[str, int | Sequence[int] | None]) -> dict[str, float]:
+    """CPU seconds used so far by each named process (or processes) and its descendants
+    (Linux; empty elsewhere). Exited descendants' time is not counted: compare live process
+    trees only."""
     if not os.path.isdir("/proc"):
         return {}
     stats = proc_stats()
@@ -60,9 +61,11 @@ def tree_cpu(roots: Mapping[str, int | None]) -> dict[str, float]:
         children.setdefault(ppid, []).append(pid)
     out: dict[str, float] = {}
     for name, root in roots.items():
-        if root is None or root not in stats:
+        tops = [root] if isinstance(root, int) else list(root or ())
+        todo = [pid for pid in tops if pid in stats]
+        if not todo:
             continue
-        total, todo = 0.0, [root]
+        total = 0.0
         while todo:
             pid = todo.pop()
             total += stats[pid][1]

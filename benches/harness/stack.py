@@ -8,8 +8,12 @@ serve`), a case-study variant (`benches.casestudy.serve`) or a reference
 worker count; it bills nothing, so no stub is started for it); leaving, even after a failed start,
 stops the server and the stub, keeps the end of each one's output under the run directory,
 stops PostgreSQL and removes the temporary directory (a `data_dir` given instead, as the
-query bench does to reuse a loaded database, is kept). Every process runs in its own session
-so that Ctrl-C reaches only the harness, which then stops them. Blocking throughout.
+query bench does to reuse a loaded database, is kept). With `citus_workers` the database is
+a local Citus cluster instead (store/citus_cluster.py: a coordinator and that many workers
+under the directory, Citus built from CITUS_SRC once), the schema distributed by the same
+`prepare`, the server on the coordinator; PostgreSQL's CPU is then every node's. Every
+process runs in its own session so that Ctrl-C reaches only the harness, which then stops
+them. Blocking throughout.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import anyio
 import asyncpg
 
 from analytics.billing import stub as billing_stub
+from analytics.settings import Settings
+from analytics.store import citus_cluster
 from analytics.store.bootstrap import CustomerKeys, customer_with_keys, prepare
 from analytics.store.embedded import start_embedded, stop_embedded
 from benches.harness.cpu import pinned
@@ -83,8 +89,11 @@ class Stack:
         server_cpus: str | None,
         label: str | None = None,
         data_dir: Path | None = None,
+        citus_workers: int = 0,
     ):
         self.mode, self.opts, self.root, self.server_cpus = mode, opts, root, server_cpus
+        #: On a local Citus cluster of this many workers (0: the embedded single node).
+        self.citus_workers = citus_workers
         #: What its steps, logs and k6 files are called (`mode@class` when classes vary).
         self.label = label or mode
         # A given `data_dir` (the query bench's, reused across runs) is kept on exit.
@@ -112,8 +121,8 @@ class Stack:
         return self
 
     def _start(self) -> None:
-        dsn = self.dsn = start_embedded(self.tmp)
-        self.db_started = True
+        self.db_started = True  # a partly started cluster is stopped too
+        dsn = self.dsn = self._start_citus() if self.citus_workers else start_embedded(self.tmp)
         self.keys = anyio.run(_prepare_database, dsn, self.opts.sign)
         env = {"DATABASE_URL": dsn}
         if self.mode not in REFERENCES:
@@ -142,6 +151,14 @@ class Stack:
                 start_new_session=True,
             )
         self.wait_ready(self.server, ready, 60)
+
+    def _start_citus(self) -> str:
+        """A coordinator and `citus_workers` workers under the directory, joined; the
+        coordinator's DSN."""
+        citus_cluster.ensure_citus_built(Path(os.environ.get("CITUS_SRC") or Settings().citus_src))
+        coordinator, workers = citus_cluster.start_cluster(self.tmp, self.citus_workers)
+        citus_cluster.join_nodes(coordinator, workers)
+        return citus_cluster.dsn(coordinator)
 
     def server_command(self) -> tuple[list[str], str, dict[str, str]]:
         """(argv, readiness path, extra environment) of the server of this mode."""
@@ -201,7 +218,10 @@ class Stack:
         self.keep_logs()
         if self.db_started:
             with contextlib.suppress(Exception):
-                stop_embedded(self.tmp)
+                if self.citus_workers:
+                    citus_cluster.stop_cluster(self.tmp / "citus")
+                else:
+                    stop_embedded(self.tmp)
         if not self.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -216,14 +236,22 @@ class Stack:
                 f.seek(max(0, log.stat().st_size - limit))
                 (logs / "logs" / f"{self.label}-{log.name}").write_bytes(f.read())
 
-    def cpu_roots(self) -> dict[str, int | None]:
-        """The processes whose CPU a step reports: the server and PostgreSQL's postmaster."""
-        roots: dict[str, int | None] = {"server": self.server.pid if self.server else None}
-        try:
-            pid_file = self.tmp / "pg" / "postmaster.pid"
-            roots["postgres"] = int(pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            roots["postgres"] = None
+    def cpu_roots(self) -> dict[str, int | list[int] | None]:
+        """The processes whose CPU a step reports: the server and PostgreSQL's postmaster
+        (on Citus, every node's)."""
+        roots: dict[str, int | list[int] | None] = {
+            "server": self.server.pid if self.server else None
+        }
+        if self.citus_workers:
+            names = citus_cluster.node_names(self.citus_workers)
+            pgdatas = [self.tmp / "citus" / n / "pg" for n in names]
+        else:
+            pgdatas = [self.tmp / "pg"]
+        pids = []
+        for pgdata in pgdatas:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pids.append(int((pgdata / "postmaster.pid").read_text().split()[0]))
+        roots["postgres"] = pids or None
         return roots
 
     @property

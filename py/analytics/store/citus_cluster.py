@@ -191,7 +191,35 @@ def dsn(port: int) -> str:
 
 def start_cluster(data_dir: Path, workers: int) -> tuple[int, list[int]]:
     """Start (or reuse) a coordinator and `workers` workers under `data_dir/citus`: the
-    coordinator's port and the workers'. Joining them is `store.citus.join_cluster`."""
+    coordinator's port and the workers'. Joining them is `store.citus.join_cluster`
+    (`join_nodes` does both)."""
     root = Path(data_dir).expanduser().resolve() / "citus"
     ports = [start_node(root, name) for name in node_names(workers)]
     return ports[0], ports[1:]
+
+
+def join_nodes(coordinator: int, workers: list[int], database: str = "postgres") -> None:
+    """The extension created in `database` on every node, the workers added to the
+    coordinator (`store.citus.join_cluster`; again harmlessly)."""
+    import anyio
+    import asyncpg
+
+    from analytics.store.citus import create_extension, join_cluster
+
+    def at(port: int) -> str:
+        return dsn(port).replace("/postgres?", f"/{database}?")
+
+    async def join() -> None:
+        for port in workers:
+            node = await asyncpg.connect(at(port))
+            try:
+                await create_extension(node)
+            finally:
+                await node.close()
+        conn = await asyncpg.connect(at(coordinator))
+        try:
+            await join_cluster(conn, coordinator, workers)
+        finally:
+            await conn.close()
+
+    anyio.run(join)
