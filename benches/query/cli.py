@@ -58,6 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--repeats", type=int, default=10, help="requests per shape and mode (10)")
     p.add_argument("--no-queries", action="store_true", help="load only")
+    p.add_argument(
+        "--citus-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on a local Citus cluster of a coordinator and N workers (CITUS_SRC) instead of"
+        " the single node; the manifest records it, so --reuse needs the same N",
+    )
     check = p.add_mutually_exclusive_group()
     check.add_argument("--check", action="store_true", default=None, help="check every answer")
     check.add_argument("--no-check", dest="check", action="store_false")
@@ -130,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     manifest_path = args.data_dir / MANIFEST if args.data_dir else None
     wanted = {"events": args.events, "seed": args.seed, "days": args.days}
+    wanted["citus_workers"] = args.citus_workers  # absent from older manifests: 0
     manifest = None
     if manifest_path is not None and manifest_path.exists():
         # Loading again into a loaded database would mix two datasets (or, with the same
@@ -137,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         manifest = orjson.loads(manifest_path.read_bytes())
         if manifest.get("load") is None:
             raise SystemExit(f"{args.data_dir} holds an interrupted load: remove it first")
-        if not args.reuse or {k: manifest.get(k) for k in wanted} != wanted:
-            held = {k: manifest.get(k) for k in wanted}
+        held = {k: manifest.get(k, 0 if k == "citus_workers" else None) for k in wanted}
+        if not args.reuse or held != wanted:
             raise SystemExit(
                 f"{args.data_dir} holds the dataset {held}: pass --reuse with the same "
-                "--events, --seed and --days, or use another --data-dir"
+                "--events, --seed, --days and --citus-workers, or use another --data-dir"
             )
-    with Stack("service", args, ROOT, server_cpus, data_dir=args.data_dir) as stack:
+    stack = Stack(
+        "service", args, ROOT, server_cpus, data_dir=args.data_dir, citus_workers=args.citus_workers
+    )
+    with stack:
         assert stack.keys is not None
         anchor = manifest["anchor_ms"] if manifest else args.anchor_ms or time.time_ns() // 10**6
         dataset = Dataset(args.events, args.seed, anchor, int(args.days * DAY_MS), args.batch_size)
