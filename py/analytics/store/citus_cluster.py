@@ -24,6 +24,11 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import anyio
+import asyncpg
+
+from analytics.store.citus import create_extension, join_cluster
+
 #: Settings every node starts with: Citus loaded, and logical replication for shard moves.
 NODE_CONF = """
 shared_preload_libraries = 'citus'
@@ -201,10 +206,6 @@ def start_cluster(data_dir: Path, workers: int) -> tuple[int, list[int]]:
 def join_nodes(coordinator: int, workers: list[int], database: str = "postgres") -> None:
     """The extension created in `database` on every node, the workers added to the
     coordinator (`store.citus.join_cluster`; again harmlessly)."""
-    import anyio
-    import asyncpg
-
-    from analytics.store.citus import create_extension, join_cluster
 
     def at(port: int) -> str:
         return dsn(port).replace("/postgres?", f"/{database}?")

@@ -216,10 +216,10 @@ FOLD_MAX_EVENTS = 2_000
 #: One connection per worker for the fold's writes (Citus only).
 _SEQUENTIAL_SQL = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
 
-#: The transactions prepared on the workers now (their gids), Citus only.
-# This database's only (run_command_on_workers connects to the same database on each
-# worker): another database's transaction in doubt on a shared worker says nothing of ours,
-# and would hold every fold back until someone recovered it.
+#: The transactions of this database prepared on the workers now (their gids), Citus only.
+#: This database's only (run_command_on_workers connects to the same database on each
+#: worker): another database's transaction in doubt on a shared worker says nothing of ours,
+#: and would hold every fold back until someone recovered it.
 _PREPARED_SQL = """
 SELECT coalesce(string_agg(result, ','), '') FROM run_command_on_workers(
     $$SELECT coalesce(string_agg(gid, ','), '') FROM pg_prepared_xacts
