@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start; "
         "shared with other work (figures vary between runs)",
+        "database": f"Citus, a coordinator and {args.citus_workers} workers"
+        if args.citus_workers
+        else "PostgreSQL, one node",
         "loads": [],
     }
     manifest_path = args.data_dir / MANIFEST if args.data_dir else None

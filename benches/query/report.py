@@ -20,7 +20,8 @@ def markdown(meta: dict, runs: list[ShapeRun], checks: dict[str, str | None] | N
         "",
         f"Dataset: {meta['dataset']['events']:,} events over the last "
         f"{meta['dataset']['spread_days']:g} days (seed {meta['dataset']['seed']}, anchor "
-        f"{meta['dataset']['anchor']}); commit {meta['commit']}; {meta['repeats']} requests "
+        f"{meta['dataset']['anchor']}); {meta.get('database', 'PostgreSQL, one node')};"
+        f" commit {meta['commit']}; {meta['repeats']} requests "
         "per shape and mode, one at a time. Cold: a range ending now (its bucket is open, "
         "never cached); warm: a closed range whose answer was cached by one untimed request.",
         "",
