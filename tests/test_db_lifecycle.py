@@ -13,9 +13,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import asyncpg
 import pytest
 
-from analytics.store.embedded import stop_embedded
+from analytics.store.embedded import shared_buffers_mb, start_embedded, stop_embedded
 from analytics.store.migrations import load_migrations
 
 #: The schema version a migrated database reports: its last migration's label.
@@ -113,3 +115,28 @@ def test_status_of_an_unreachable_database_masks_its_password(tmp_path: Path) ->
     assert "dsn: postgresql://app:***@127.0.0.1:1/analytics" in status.stdout
     assert "unreachable" in status.stdout
     assert "s3cret" not in status.stdout + status.stderr
+
+
+def test_the_embedded_server_runs_with_an_eighth_of_memory_as_shared_buffers(
+    data_dir: Path,
+) -> None:
+    """128 MB (PostgreSQL's default) at least, 1 GB at most; set on the first start (a
+    restart), kept on the next."""
+    assert [shared_buffers_mb(gb * 2**30) for gb in (0.5, 4, 64)] == [128, 512, 1024]
+    dsn = start_embedded(data_dir)
+
+    async def setting() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(
+                "SELECT setting::bigint * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'"
+            )
+        finally:
+            await conn.close()
+
+    assert anyio.run(setting) == shared_buffers_mb()
+    stop_embedded(data_dir)
+    restarted = run("db", "start", ANALYTICS_DATA_DIR=str(data_dir))  # another process
+    assert restarted.returncode == 0, restarted.stderr
+    dsn = restarted.stdout.split(": ", 1)[1].strip()
+    assert anyio.run(setting) == shared_buffers_mb()

@@ -29,6 +29,7 @@ from analytics.store.rollups import pending_events
 from benches.harness.cpu import cpu_plan
 from benches.harness.stack import ROOT, Stack
 from benches.query import bench, oracle, report
+from benches.query.bulk import bulk_load
 from benches.query.dataset import DAY_MS, Dataset
 from benches.query.load import load
 
@@ -55,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help="also load N current events (the last minute) for the backfill/current ratio",
+    )
+    p.add_argument(
+        "--bulk",
+        action="store_true",
+        help="load a time-ordered dataset through the write path's bulk form in-process "
+        "(benches/query/bulk.py: minutes for 10M events) instead of over HTTP",
     )
     p.add_argument("--repeats", type=int, default=10, help="requests per shape and mode (10)")
     p.add_argument("--no-queries", action="store_true", help="load only")
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "loads": [],
     }
     manifest_path = args.data_dir / MANIFEST if args.data_dir else None
-    wanted = {"events": args.events, "seed": args.seed, "days": args.days}
+    wanted = {"events": args.events, "seed": args.seed, "days": args.days, "ordered": args.bulk}
     wanted["citus_workers"] = args.citus_workers  # absent from older manifests: 0
     manifest = None
     if manifest_path is not None and manifest_path.exists():
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = orjson.loads(manifest_path.read_bytes())
         if manifest.get("load") is None:
             raise SystemExit(f"{args.data_dir} holds an interrupted load: remove it first")
-        held = {k: manifest.get(k, 0 if k == "citus_workers" else None) for k in wanted}
+        absent = {"citus_workers": 0, "ordered": False}  # what older manifests meant
+        held = {k: manifest.get(k, absent.get(k)) for k in wanted}
         if not args.reuse or held != wanted:
             raise SystemExit(
                 f"{args.data_dir} holds the dataset {held}: pass --reuse with the same "
@@ -161,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     with stack:
         assert stack.keys is not None
         anchor = manifest["anchor_ms"] if manifest else args.anchor_ms or time.time_ns() // 10**6
-        dataset = Dataset(args.events, args.seed, anchor, int(args.days * DAY_MS), args.batch_size)
+        dataset = Dataset(
+            args.events, args.seed, anchor, int(args.days * DAY_MS), args.batch_size,
+            ordered=args.bulk,
+        )  # fmt: skip
         if manifest:
             print(f"reusing the dataset loaded in {args.data_dir}", flush=True)
             meta["loads"] = [manifest["load"]]
@@ -171,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
                 manifest_path.write_bytes(
                     orjson.dumps({**wanted, "anchor_ms": anchor, "load": None})
                 )
-            backfill = load(
-                stack.port, stack.keys.write.key, dataset, label="backfill",
-                connections=args.connections,
-            )  # fmt: skip
-            backfill.folded_s = backfill.seconds + anyio.run(_wait_folded, stack.dsn)
+            if args.bulk:
+                backfill = bulk_load(stack.dsn, stack.keys.customer_id, dataset)
+                backfill.folded_s = (backfill.folded_s or 0) + anyio.run(_wait_folded, stack.dsn)
+            else:
+                backfill = load(
+                    stack.port, stack.keys.write.key, dataset, label="backfill",
+                    connections=args.connections,
+                )  # fmt: skip
+                backfill.folded_s = backfill.seconds + anyio.run(_wait_folded, stack.dsn)
             meta["loads"] = [backfill.as_dict()]
             if manifest_path is not None:
                 manifest_path.write_bytes(

@@ -110,6 +110,9 @@ class Dataset:
     batch_size: int = 500
     #: Prefix of every event_id (one per dataset loaded into a database).
     id_prefix: str = "b"
+    #: Time-ordered: batch `b`'s timestamps lie in the `b`-th of `batches` equal slices of
+    #: the spread (a history import), instead of anywhere in it (the same shape otherwise).
+    ordered: bool = False
 
     @property
     def batches(self) -> int:
@@ -120,6 +123,11 @@ class Dataset:
         cost more than the rest of the generation)."""
         r = random.Random(self.seed * 1_000_000_007 + b).random
         anchor, spread = self.anchor_ms, self.spread_ms
+        if self.ordered:  # ts = anchor - spread * (1 - (b + u) / batches), u in [0, 1)
+            anchor, spread = (
+                anchor - spread * (self.batches - b - 1) // self.batches,
+                (spread // self.batches),
+            )
 
         def pick(values: tuple[str, ...], dim: str) -> str:
             cum = _CUM[dim]

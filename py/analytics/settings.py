@@ -143,6 +143,12 @@ class Settings:
     #: process at a time does it; queries read the events not folded yet from the raw table,
     #: so this bounds the work a query does on raw events, not how fresh it is).
     rollup_interval_s: float = 0.5
+    #: Minute rollups are kept for events at most this many hours old (whole hours, at least
+    #: 25: an `interval=minute` range is at most 25 h); minute buckets older than that are
+    #: answered from the raw events, exactly. A backfill's old events then cost the rollup
+    #: job no minute rows (docs/rollups.md). Raising it later does not bring back the minute
+    #: rows already swept.
+    rollup_minute_horizon_h: int = 72
 
     # Query.
     #: The dimensions rollups are kept for and queries may group or filter by.

@@ -20,10 +20,17 @@ import anyio.lowlevel
 from analytics.runtime import prometheus
 from analytics.runtime.offload import Offload
 from analytics.store import db
-from analytics.store.rollups import Folded, Folder
+from analytics.store.rollups import FOLD_MAX_EVENTS, Folded, Folder
 from analytics.store.sketches import inline
 
 log = logging.getLogger(__name__)
+
+#: While a backlog is left, each fold is sized to take about this long (from the last one's
+#: rate), between `FOLD_MAX_EVENTS` and `BACKLOG_MAX_EVENTS` events: a backfill's old events
+#: share more rollup rows and sketches the more of them one fold takes (docs/rollups.md),
+#: and the fold's transaction stays short.
+BACKLOG_FOLD_S = 2.0
+BACKLOG_MAX_EVENTS = 50_000
 
 
 class RollupJob:
@@ -35,33 +42,41 @@ class RollupJob:
         interval_s: float = 0.5,
         timeout_s: float = 30.0,
         offload: Offload | None = None,
+        minute_horizon_h: int | None = None,
     ) -> None:
         self._pool = pool
         # Sketches of unique users are built and merged in Rust, in a worker thread.
         self._cpu = functools.partial(offload.run, "cpu") if offload else inline
-        self._folder = Folder(dimensions)
+        self._folder = Folder(dimensions, minute_horizon_h)
         self._interval_s = interval_s
+        #: How long the last fold took, in seconds.
+        self.last_fold_s = 0.0
         self._timeout_s = timeout_s
 
-    async def fold_once(self) -> Folded | None:
-        """One fold (None when another process holds the job's lock)."""
+    async def fold_once(self, max_events: int = FOLD_MAX_EVENTS) -> Folded | None:
+        """One fold of at most `max_events` (None when another process holds the lock)."""
         started = time.perf_counter()
         with anyio.fail_after(self._timeout_s):
             async with self._pool.acquire() as conn:
-                folded = await self._folder.fold(conn, self._timeout_s, self._cpu)
+                folded = await self._folder.fold(conn, self._timeout_s, self._cpu, max_events)
+        self.last_fold_s = time.perf_counter() - started
         if folded is not None and folded.events:
             prometheus.rollup_folded.inc(folded.events)
-            prometheus.rollup_fold_seconds.observe(time.perf_counter() - started)
+            prometheus.rollup_fold_seconds.observe(self.last_fold_s)
         return folded
 
     async def run(self) -> None:
-        """Fold, then sleep `interval_s` (at once again while a backlog is left), until
-        cancelled."""
+        """Fold, then sleep `interval_s` (at once again, and more at a time, while a backlog
+        is left: `BACKLOG_FOLD_S`), until cancelled."""
+        size = FOLD_MAX_EVENTS
         while True:
-            folded = await self.fold_once()
+            folded = await self.fold_once(size)
             if folded is not None and folded.more:
+                rate = folded.events / max(self.last_fold_s, 1e-3)
+                size = int(min(max(rate * BACKLOG_FOLD_S, FOLD_MAX_EVENTS), BACKLOG_MAX_EVENTS))
                 await anyio.lowlevel.checkpoint()
                 continue
+            size = FOLD_MAX_EVENTS
             await anyio.sleep(self._interval_s)
 
     async def final_fold(self, within_s: float = 5.0) -> None:

@@ -120,6 +120,7 @@ def build_services(settings: Settings, pool: db.Pool) -> Services:
             interval_s=settings.rollup_interval_s,
             timeout_s=settings.commit_timeout_s * 6,
             offload=offload,
+            minute_horizon_h=settings.rollup_minute_horizon_h,
         ),
         offload=offload,
         keys=TtlCache(

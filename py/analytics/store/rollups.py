@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from itertools import combinations
 
 import anyio
@@ -133,19 +134,22 @@ def fold_sql(
         f"src AS MATERIALIZED ({source})",
         f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
         f"{', e.user_id' if users else ''} FROM src e{' ' + UA_LATERAL if ua else ''})",
+        # Minutes only from the minute horizon on (MINUTE_SINCE, an hour boundary): hours
+        # from those minutes, and straight from the events before it.
         f"""s_minute AS MATERIALIZED (
     SELECT f.customer_id, f.name, d.dim, d.val AS dim_value,
            date_trunc('minute', f.ts, 'UTC') AS bucket, {n} AS n, {s} AS s
     FROM fresh f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL GROUP BY 1, 2, 3, 4, 5)""",
-    ]
-    for coarse in SINGLE_GRAINS[1:]:
-        ctes.append(
-            f"""s_{coarse} AS (
-    SELECT customer_id, name, dim, dim_value, date_trunc('{coarse}', bucket, 'UTC') AS bucket,
+    WHERE d.val IS NOT NULL AND f.ts >= ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
+        f"""s_hour AS (
+    SELECT customer_id, name, dim, dim_value, date_trunc('hour', bucket, 'UTC') AS bucket,
            sum(n) AS n, sum(s) AS s
-    FROM s_minute GROUP BY 1, 2, 3, 4, 5)"""
-        )
+    FROM s_minute GROUP BY 1, 2, 3, 4, 5
+    UNION ALL
+    SELECT f.customer_id, f.name, d.dim, d.val, date_trunc('hour', f.ts, 'UTC'), {n}, {s}
+    FROM fresh f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
+    WHERE d.val IS NOT NULL AND f.ts < ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
+    ]
     if pair_rows:
         ctes.append(
             f"""p_hour AS MATERIALIZED (
@@ -177,6 +181,11 @@ def fold_sql(
     return "WITH " + ",\n".join(ctes) + "\nSELECT " + ",\n       ".join(results)
 
 
+#: Where minute rollups begin: rollup_minute holds every folded event from this time on,
+#: and nothing a query reads before it (migration 0008; '-infinity' when kept for all).
+MINUTE_SINCE = "SELECT minute_since FROM rollup_state"
+
+
 def delete_emptied_sql(table: RollupTable) -> str:
     """Delete the rows of `table` listed in $1 (JSON, as `fold_sql` returns them) that are
     still at a count of 0 or less. They stay locked by the fold until commit."""
@@ -190,9 +199,24 @@ def delete_emptied_sql(table: RollupTable) -> str:
 #: The watermark and the xmin of this statement's snapshot, as text (asyncpg has no codec
 #: for xid8); locking the state row serializes a fold with an erasure.
 _STATE_SQL = """
-SELECT watermark::text AS watermark, pg_snapshot_xmin(pg_current_snapshot())::text AS xmin
+SELECT watermark::text AS watermark, pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
+       CASE WHEN isfinite(minute_since) THEN minute_since END AS minute_since,
+       coalesce(minute_since < date_trunc('hour', now() - make_interval(hours => $1), 'UTC'),
+                false) AS advance
 FROM rollup_state FOR UPDATE
 """
+
+#: The minute horizon moved to now less $1 hours, in whole hours (only ever forward).
+_ADVANCE_SQL = """
+UPDATE rollup_state SET minute_since = date_trunc('hour', now() - make_interval(hours => $1), 'UTC')
+RETURNING minute_since
+"""
+
+#: The sweep, a step per fold through the bucket index: the oldest minute row below the
+#: horizon, then the rows of its hour (a bounded delete; two plain statements, so Citus runs
+#: each on every shard).
+_OLDEST_SQL = "SELECT min(bucket) FROM rollup_minute WHERE bucket < $1"
+_SWEEP_SQL = "DELETE FROM rollup_minute WHERE bucket < $1"
 
 _SOURCE = """SELECT customer_id, name, ts, value, properties, flags, user_id FROM events
     WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8"""
@@ -206,6 +230,10 @@ SELECT e.xid::text AS bound FROM events e
 WHERE e.xid >= $1::text::xid8 AND e.xid < $2::text::xid8
 ORDER BY e.xid OFFSET $3 LIMIT 1
 """  # (ordered by the column: `ORDER BY xid` would sort the text output, '1008' < '761')
+
+#: The shortest minute horizon: an `interval=minute` range is at most 25 hours, and the
+#: last day's minute buckets are what dashboards ask for most.
+MIN_MINUTE_HORIZON_H = 25
 
 #: Events one fold takes at most: a backlog (a backfill, a restart after an outage) is folded
 #: in many short transactions rather than one that holds the snapshot's xmin back for minutes
@@ -255,10 +283,18 @@ class Folded:
 class Folder:
     """The rollup job's statements for a set of dimensions, built once."""
 
-    def __init__(self, dimensions: tuple[str, ...]) -> None:
+    def __init__(self, dimensions: tuple[str, ...], minute_horizon_h: int | None = None) -> None:
+        """`minute_horizon_h`: keep minute rollups for events at most this many hours old
+        (at least `MIN_MINUTE_HORIZON_H`); None keeps them for all."""
         self.sql = fold_sql(dimensions, _SOURCE, users=True)
         self.dims = sorted(dimensions)
         self._citus: bool | None = None
+        # None: the state's test (NULL) never moves the horizon.
+        self._horizon_h = (
+            None if minute_horizon_h is None else max(MIN_MINUTE_HORIZON_H, minute_horizon_h)
+        )
+        #: Whether minute rows below the horizon may be left (swept a step per fold).
+        self._sweep = minute_horizon_h is not None
 
     async def fold(
         self,
@@ -280,8 +316,18 @@ class Folder:
                 return None
             if self._citus:
                 await conn.execute(_SEQUENTIAL_SQL, timeout=timeout_s)
-            state = await conn.fetchrow(_STATE_SQL, timeout=timeout_s)
+            state = await conn.fetchrow(_STATE_SQL, self._horizon_h, timeout=timeout_s)
             low, high = state["watermark"], state["xmin"]
+            since = state["minute_since"]
+            if state["advance"]:
+                since = await conn.fetchval(_ADVANCE_SQL, self._horizon_h, timeout=timeout_s)
+                self._sweep = True
+            if self._sweep and since is not None:
+                oldest = await conn.fetchval(_OLDEST_SQL, since, timeout=timeout_s)
+                self._sweep = oldest is not None
+                if oldest is not None:
+                    step = min(since, oldest + timedelta(hours=1))
+                    await conn.execute(_SWEEP_SQL, step, timeout=timeout_s)
             if int(high) <= int(low):
                 return Folded(0, int(low))
             if self._citus and not await _settled(conn, timeout_s):

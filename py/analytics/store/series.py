@@ -91,9 +91,13 @@ class _Args:
         return f"${len(self.values)}"
 
 
-def _single_sql(q: MetricsQuery, a: _Args, part: Part, dim: str, value: str | None) -> str:
+def _single_sql(
+    q: MetricsQuery, a: _Args, part: Part, dim: str, value: str | None, since: str | None
+) -> str:
     grouped = part is Part.ROLLUP and q.group_by is not None
     where = f" AND dim_value = {a(value)}" if value is not None else ""
+    if since is not None:
+        where += f" AND bucket >= {since}"
     group = "dim_value" if grouped and dim == q.group_by else "NULL::text"
     return f"""
         SELECT date_trunc({a(q.interval)}, bucket, 'UTC') AS b, {group} AS g,
@@ -127,11 +131,16 @@ def _pair_sql(q: MetricsQuery, a: _Args) -> str:
         GROUP BY 1, 2"""
 
 
-def _raw_sql(q: MetricsQuery, a: _Args, after: str | None) -> str:
-    """Raw events of the query; `after` (a parameter) limits them to those not folded."""
+def _raw_sql(
+    q: MetricsQuery, a: _Args, after: str | None, since: str | None = None, old: bool = False
+) -> str:
+    """Raw events of the query; `after` (a parameter) limits them to those not folded;
+    `since` (a parameter) to those from it on, or with `old` to those before it."""
     where = [f"AND {dimension_expr(d, flags='flags')} = {a(v)}" for d, v in q.filters]
     if after is not None:
         where.append(f"AND xid >= {after}::text::xid8")
+    if since is not None:
+        where.append(f"AND ts {'<' if old else '>='} {since}")
     group = dimension_expr(q.group_by, flags="flags") if q.group_by else "NULL::text"
     if q.agg == "unique_users":
         # An anonymous id linked to an identified user counts as that user (0006_identities).
@@ -153,22 +162,33 @@ def _raw_sql(q: MetricsQuery, a: _Args, after: str | None) -> str:
 
 def rollup_sql(q: MetricsQuery) -> tuple[str, list[object]]:
     """The query over rollups and the raw events not folded; the first parameter is the
-    watermark (text, None here), which the caller reads in the same snapshot."""
+    watermark (text, None here), which the caller reads in the same snapshot. A minute
+    query's second parameter is where its minute rollups begin (`split`, from the same
+    snapshot): its buckets before that are read from every raw event."""
     a = _Args()
     watermark = a(None)
+    since = a(None) if q.interval == "minute" else None
     filters = dict(q.filters)
     parts = []
     if len(q.dims) == 2:
         parts.append(_pair_sql(q, a))
     else:
         dim = next(iter(q.dims), "")
-        parts.append(_single_sql(q, a, Part.ROLLUP, dim, filters.get(dim)))
+        parts.append(_single_sql(q, a, Part.ROLLUP, dim, filters.get(dim), since))
     if q.none_group:
         # The total the groups are taken from: the filter's single rollup, or all events.
         dim, value = next(iter(q.filters), ("", None))
-        parts.append(_single_sql(q, a, Part.TOTAL, dim, value))
-    parts.append(_raw_sql(q, a, watermark))
+        parts.append(_single_sql(q, a, Part.TOTAL, dim, value, since))
+    parts.append(_raw_sql(q, a, watermark, since))
+    if since is not None:
+        parts.append(_raw_sql(q, a, None, since, old=True))
     return " UNION ALL ".join(parts), a.values
+
+
+def split(q: MetricsQuery, minute_since: datetime | None) -> datetime:
+    """Where a minute query's buckets from rollups begin: the minute horizon (None: every
+    minute row kept) within the query's range."""
+    return min(max(q.start, minute_since or q.start), q.end)
 
 
 #: The watermark, and custom plans for this transaction: a generic plan (which PostgreSQL
@@ -180,23 +200,32 @@ def rollup_sql(q: MetricsQuery) -> tuple[str, list[object]]:
 #: read alone it would come from the coordinator's copy, in another snapshot. (A customer with
 #: no key left reads the watermark alone.)
 WATERMARK_SQL = """
-SELECT s.watermark::text FROM rollup_state s JOIN api_keys k ON k.customer_id = $1
+SELECT s.watermark::text,
+       CASE WHEN isfinite(s.minute_since) THEN s.minute_since END AS minute_since
+FROM rollup_state s JOIN api_keys k ON k.customer_id = $1
 WHERE set_config('plan_cache_mode', 'force_custom_plan', true) IS NOT NULL
 LIMIT 1
 """
 _ANY_WATERMARK_SQL = """
-SELECT watermark::text FROM rollup_state
+SELECT watermark::text, CASE WHEN isfinite(minute_since) THEN minute_since END
+FROM rollup_state
 WHERE set_config('plan_cache_mode', 'force_custom_plan', true) IS NOT NULL
 """
 
 
+async def read_state(conn: asyncpg.Connection, customer_id: int) -> tuple[str, datetime | None]:
+    """The watermark (text) and where minute rollups begin (None: for every event), first
+    thing in a REPEATABLE READ transaction whose reads are about `customer_id` (see
+    WATERMARK_SQL)."""
+    row = await conn.fetchrow(WATERMARK_SQL, customer_id)
+    if row is None:
+        row = await conn.fetchrow(_ANY_WATERMARK_SQL)
+    return row[0], row[1]
+
+
 async def read_watermark(conn: asyncpg.Connection, customer_id: int) -> str:
-    """The watermark (text), first thing in a REPEATABLE READ transaction whose reads are
-    about `customer_id` (see WATERMARK_SQL)."""
-    mark = await conn.fetchval(WATERMARK_SQL, customer_id)
-    if mark is None:
-        mark = await conn.fetchval(_ANY_WATERMARK_SQL)
-    return mark
+    """The watermark alone (see `read_state`)."""
+    return (await read_state(conn, customer_id))[0]
 
 
 async def fetch_series(
@@ -213,7 +242,9 @@ async def fetch_series(
             # One snapshot for the watermark and the rows, so each event is read once: in
             # the rollups or among the raw events after the watermark.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                args[0] = await read_watermark(conn, q.customer_id)
+                args[0], minute_since = await read_state(conn, q.customer_id)
+                if q.interval == "minute":
+                    args[1] = split(q, minute_since)
                 rows = await conn.fetch(sql, *args, timeout=timeout_s)
     part = {p.value: p for p in Part}
     return [SeriesRow(b, g, part[p], n, v) for b, g, p, n, v in rows]

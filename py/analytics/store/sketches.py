@@ -72,6 +72,12 @@ ON CONFLICT (customer_id, name, dim, dim_value, bucket) DO UPDATE SET sketch = e
 """
 
 
+#: Sketches read, merged and written per statement: the driver encodes a statement's
+#: parameters (the key arrays, the sketches) on the event loop, ~1 µs per key and column,
+#: so a fold of a large backlog (tens of thousands of keys) writes in chunks.
+WRITE_CHUNK = 5_000
+
+
 def _columns(keys: Sequence[Key]) -> list[list[Any]]:
     return [list(c) for c in zip(*keys, strict=True)] if keys else [[], [], [], [], []]
 
@@ -117,11 +123,13 @@ async def merge_users(
     transaction (the fold's). What is not the driver's own work runs through `cpu` (off the
     event loop in the service)."""
     groups, key_columns = await cpu(_groups, rows_json, dims)
-    if not groups:
-        return 0
-    stored = await conn.fetch(_STORED_SQL, *key_columns, timeout=timeout_s)
-    sketches = await cpu(merged_sketches, groups, stored)
-    await conn.execute(_WRITE_SQL, *key_columns, sketches, timeout=timeout_s)
+    for first in range(0, len(groups), WRITE_CHUNK):
+        # The driver encodes a statement's arrays on the loop: a chunk of keys at a time.
+        chunk = slice(first, first + WRITE_CHUNK)
+        columns = [c[chunk] for c in key_columns]
+        stored = await conn.fetch(_STORED_SQL, *columns, timeout=timeout_s)
+        sketches = await cpu(merged_sketches, groups[chunk], stored)
+        await conn.execute(_WRITE_SQL, *columns, sketches, timeout=timeout_s)
     return len(groups)
 
 
