@@ -81,8 +81,9 @@ class Settings:
     writer_max_batch_rows: int = 20_000
     #: The longest the writer waits for more requests before it commits, in seconds. It waits
     #: only while requests arrive fast enough to fill a commit (`writer_linger_requests`): an
-    #: idle writer commits at once.
-    writer_window_s: float = 0.004
+    #: idle writer commits at once. 8 ms, measured against 4: fuller commits (5 rows at 500
+    #: requests/s instead of 2.9) held 1,500 requests/s at p99 <= 50 ms instead of 1,250.
+    writer_window_s: float = 0.008
     #: Requests per commit the writer lingers for under load (see `writer_window_s`).
     writer_linger_requests: int = 8
     #: Concurrent commit lanes, each on its own connection (one PostgreSQL backend each).
