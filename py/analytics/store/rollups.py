@@ -131,7 +131,9 @@ def fold_sql(
         n, s = f"-{n}", f"-{s}"
     ctes = [
         *before,
-        f"src AS MATERIALIZED ({source})",
+        # Read once, by `fresh`, unless `also` reads it too: then kept (MATERIALIZED); else
+        # inlined, so the events' JSON is not copied into a tuplestore on the way.
+        f"src AS {'MATERIALIZED' if also else 'NOT MATERIALIZED'} ({source})",
         f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
         f"{', e.user_id' if users else ''} FROM src e{' ' + UA_LATERAL if ua else ''})",
         # Minutes only from the minute horizon on (MINUTE_SINCE, an hour boundary): hours
@@ -158,7 +160,7 @@ def fold_sql(
     FROM fresh f CROSS JOIN LATERAL (VALUES {pair_rows}) AS p(da, db, va, vb)
     WHERE p.va IS NOT NULL AND p.vb IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
         )
-    results = ["(SELECT count(*) FROM src) AS events", *also]
+    results = ["(SELECT count(*) FROM fresh) AS events", *also]
     if users:
         values = [f"f.{column[d]}" for d in dims]
         from_where = f"FROM fresh f {identity_join('f')} WHERE true"
