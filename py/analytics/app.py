@@ -24,7 +24,7 @@ from analytics.api.errors import EXCEPTION_HANDLERS
 from analytics.api.middleware import Deadline
 from analytics.api.observe import Observe
 from analytics.api.protocol import ProtocolGuard
-from analytics.pipeline.flag_sync import follow_flags
+from analytics.pipeline.flag_sync import FlagSync
 from analytics.pipeline.gauges import sample_gauges
 from analytics.pipeline.maintenance import run_maintenance
 from analytics.pipeline.services import build_services
@@ -35,6 +35,8 @@ from analytics.runtime.supervise import supervised
 from analytics.runtime.watchdog import watch_loop
 from analytics.settings import Settings
 from analytics.store.flag_overrides import load_overrides
+from analytics.store.notify import FLAGS, INVALIDATE
+from analytics.store.notify import listen as listen_notices
 from analytics.store.partitions import ensure_partitions
 from analytics.store.pool import connect, create_pool
 
@@ -63,9 +65,21 @@ def lifespan(settings: Settings, context: RequestContext):
                 watch_loop(settings, context) as services.watchdog,
                 anyio.create_task_group() as tg,
             ):
-                flags = functools.partial(follow_flags, services.flags, listen, pool)
-                tg.start_soon(supervised, "feature flags", flags)
-                await tg.start(services.invalidator.run, name="cache invalidation listener")
+                # One LISTEN connection for both channels (store/notify.py: every NOTIFY
+                # wakes every listening backend, so each costs the database on every commit).
+                flag_sync = FlagSync(services.flags, pool)
+                invalidator = services.invalidator
+
+                async def on_up() -> None:
+                    invalidator.on_up()
+                    await flag_sync.load()
+
+                notices = {INVALIDATE: invalidator.on_notification, FLAGS: flag_sync.on_notice}
+                listener = functools.partial(
+                    listen_notices, listen, notices, on_up=on_up, on_down=invalidator.on_down
+                )
+                await tg.start(listener, name="notification listener")
+                tg.start_soon(supervised, "feature flags", flag_sync.run)
                 await tg.start(services.writer.run, name="group-commit writer")
                 tg.start_soon(supervised, "rollup job", services.rollups.run)
                 if services.dispatcher is not None:

@@ -7,40 +7,35 @@ as a safety net.
 
 from __future__ import annotations
 
-import functools
-
 import anyio
-from anyio.abc import TaskStatus
 
 from analytics.runtime.flags import Flags
 from analytics.store import db
 from analytics.store.flag_overrides import load_overrides
-from analytics.store.notify import FLAGS, Connect, listen
 
 
-async def follow_flags(
-    flags: Flags,
-    listen_connect: Connect,
-    pool: db.Pool,
-    *,
-    refresh_s: float = 30.0,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Until cancelled: reload `flags` from the table on every change notice; started once
-    the listener is in place and the flags were loaded (or the first attempt failed)."""
-    reload = anyio.Event()
+class FlagSync:
+    """The worker's flags, kept equal to the table: `on_notice` and `on_up` are the listener's
+    (one per worker, shared with the cache invalidation: store/notify.py), `run` the reloads."""
 
-    def on_notice(_payload: str) -> None:
-        reload.set()
+    def __init__(self, flags: Flags, pool: db.Pool, *, refresh_s: float = 30.0) -> None:
+        self.flags = flags
+        self.pool = pool
+        self.refresh_s = refresh_s
+        self._reload = anyio.Event()
 
-    async def load() -> None:
-        flags.apply(await load_overrides(pool))
+    def on_notice(self, _payload: str) -> None:
+        """A `FLAGS` notification: reload."""
+        self._reload.set()
 
-    async with anyio.create_task_group() as tg:
-        await tg.start(functools.partial(listen, listen_connect, FLAGS, on_notice, on_up=load))
-        task_status.started()
+    async def load(self) -> None:
+        """Apply the table's flags now (the listener's `on_up`: it may have missed notices)."""
+        self.flags.apply(await load_overrides(self.pool))
+
+    async def run(self) -> None:
+        """Until cancelled: reload on every change notice, and every `refresh_s` anyway."""
         while True:
-            with anyio.move_on_after(refresh_s):
-                await reload.wait()
-            reload = anyio.Event()
-            await load()
+            with anyio.move_on_after(self.refresh_s):
+                await self._reload.wait()
+            self._reload = anyio.Event()
+            await self.load()

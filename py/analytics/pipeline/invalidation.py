@@ -19,30 +19,25 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import anyio
-from anyio.abc import TaskStatus
 
 from analytics.runtime.querycache import QueryCache
-from analytics.store.notify import INVALIDATE, Connect, listen
+from analytics.store.notify import INVALIDATE
 
 log = logging.getLogger(__name__)
 
 
 class Invalidator:
-    """The LISTEN side: applies invalidations to `cache`, and runs read barriers."""
+    """The LISTEN side: applies invalidations to `cache`, and runs read barriers. The worker's
+    listener (app.py, `store.notify.listen`) calls `on_notification`, `on_up` and `on_down`."""
 
-    def __init__(
-        self,
-        connect: Connect,
-        cache: QueryCache,
-        notify: Callable[[str, str], Awaitable[object]],
-    ) -> None:
-        self._connect = connect
+    def __init__(self, cache: QueryCache, notify: Callable[[str, str], Awaitable[object]]) -> None:
         self._notify = notify
         self.cache = cache
         self._pings: dict[str, anyio.Event] = {}
         self._listening = False
 
-    def _on_notification(self, payload: str) -> None:
+    def on_notification(self, payload: str) -> None:
+        """An `INVALIDATE` notification (the listener calls it on the loop)."""
         if payload.startswith("ping:"):
             event = self._pings.get(payload)
             if event is not None:
@@ -55,25 +50,15 @@ class Invalidator:
             return
         self.cache.invalidate(customer_id, name, start_us, end_us)
 
-    def _up(self) -> None:
+    def on_up(self) -> None:
+        """The listener's LISTEN is in place."""
         self._listening = True
 
-    def _down(self) -> None:
+    def on_down(self) -> None:
+        """The listener is deaf (lost or closed)."""
         self._listening = False
         # Invalidations may be missed while deaf: start over once listening again.
         self.cache.clear()
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled (reconnecting with backoff); started once the first LISTEN
-        is in place, or failed: the cache is then bypassed until it works."""
-        await listen(
-            self._connect,
-            INVALIDATE,
-            self._on_notification,
-            on_up=self._up,
-            on_down=self._down,
-            task_status=task_status,
-        )
 
     async def barrier(self, timeout_s: float = 1.0) -> bool:
         """True once every invalidation committed before this call has been applied."""

@@ -131,9 +131,7 @@ def build_services(settings: Settings, pool: db.Pool) -> Services:
             size=1_000,
         ),
         invalidator=Invalidator(
-            functools.partial(connect, settings.listen_url, settings),
-            QueryCache(settings.cache_entries),
-            functools.partial(notify, pool),
+            QueryCache(settings.cache_entries), functools.partial(notify, pool)
         ),
         flags=flags,
         buckets=leased_buckets(settings, pool),
