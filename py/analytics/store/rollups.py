@@ -126,9 +126,10 @@ def fold_sql(
     pair_rows = ", ".join(
         f"('{a}', '{b}', f.{column[a]}, f.{column[b]})" for a, b in pairs(dimensions)
     )
-    n, s = ("count(*)", "coalesce(sum(f.value), 0)")
+    n, s = ("sum(f.n)", "sum(f.s)")
     if sign < 0:
         n, s = f"-{n}", f"-{s}"
+    cols = ", ".join(f"f.{column[d]}" for d in dims)
     ctes = [
         *before,
         # Read once, by `fresh`, unless `also` reads it too: then kept (MATERIALIZED); else
@@ -136,28 +137,40 @@ def fold_sql(
         f"src AS {'MATERIALIZED' if also else 'NOT MATERIALIZED'} ({source})",
         f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
         f"{', e.user_id' if users else ''} FROM src e{' ' + UA_LATERAL if ua else ''})",
+        # The events per minute and combination of values, before each is spread over the
+        # rollup rows it adds to: current events share combinations, so the spreading below
+        # handles a fraction of the rows (a backfill's events mostly keep their own).
+        f"""g AS MATERIALIZED (
+    SELECT f.customer_id, f.name, date_trunc('minute', f.ts, 'UTC') AS minute, {cols},
+           count(*) AS n, coalesce(sum(f.value), 0) AS s
+    FROM fresh f GROUP BY 1, 2, 3, {", ".join(str(4 + i) for i in range(len(dims)))})"""
+        if dims
+        else """g AS MATERIALIZED (
+    SELECT f.customer_id, f.name, date_trunc('minute', f.ts, 'UTC') AS minute,
+           count(*) AS n, coalesce(sum(f.value), 0) AS s
+    FROM fresh f GROUP BY 1, 2, 3)""",
         # Minutes only from the minute horizon on (MINUTE_SINCE, an hour boundary): hours
         # from those minutes, and straight from the events before it.
         f"""s_minute AS MATERIALIZED (
-    SELECT f.customer_id, f.name, d.dim, d.val AS dim_value,
-           date_trunc('minute', f.ts, 'UTC') AS bucket, {n} AS n, {s} AS s
-    FROM fresh f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL AND f.ts >= ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
+    SELECT f.customer_id, f.name, d.dim, d.val AS dim_value, f.minute AS bucket,
+           {n} AS n, {s} AS s
+    FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
+    WHERE d.val IS NOT NULL AND f.minute >= ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
         f"""s_hour AS (
     SELECT customer_id, name, dim, dim_value, date_trunc('hour', bucket, 'UTC') AS bucket,
            sum(n) AS n, sum(s) AS s
     FROM s_minute GROUP BY 1, 2, 3, 4, 5
     UNION ALL
-    SELECT f.customer_id, f.name, d.dim, d.val, date_trunc('hour', f.ts, 'UTC'), {n}, {s}
-    FROM fresh f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL AND f.ts < ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
+    SELECT f.customer_id, f.name, d.dim, d.val, date_trunc('hour', f.minute, 'UTC'), {n}, {s}
+    FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
+    WHERE d.val IS NOT NULL AND f.minute < ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
     ]
     if pair_rows:
         ctes.append(
             f"""p_hour AS MATERIALIZED (
     SELECT f.customer_id, f.name, p.da AS dim_a, p.db AS dim_b, p.va AS value_a,
-           p.vb AS value_b, date_trunc('hour', f.ts, 'UTC') AS bucket, {n} AS n, {s} AS s
-    FROM fresh f CROSS JOIN LATERAL (VALUES {pair_rows}) AS p(da, db, va, vb)
+           p.vb AS value_b, date_trunc('hour', f.minute, 'UTC') AS bucket, {n} AS n, {s} AS s
+    FROM g f CROSS JOIN LATERAL (VALUES {pair_rows}) AS p(da, db, va, vb)
     WHERE p.va IS NOT NULL AND p.vb IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
         )
     results = ["(SELECT count(*) FROM fresh) AS events", *also]
