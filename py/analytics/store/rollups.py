@@ -129,7 +129,10 @@ def fold_sql(
     n, s = ("sum(f.n)", "sum(f.s)")
     if sign < 0:
         n, s = f"-{n}", f"-{s}"
-    cols = ", ".join(f"f.{column[d]}" for d in dims)
+    group = ", ".join(
+        ["f.customer_id", "f.name", "date_trunc('minute', f.ts, 'UTC') AS minute"]
+        + [f"f.{column[d]}" for d in dims]
+    )
     ctes = [
         *before,
         # Read once, by `fresh`, unless `also` reads it too: then kept (MATERIALIZED); else
@@ -141,14 +144,8 @@ def fold_sql(
         # rollup rows it adds to: current events share combinations, so the spreading below
         # handles a fraction of the rows (a backfill's events mostly keep their own).
         f"""g AS MATERIALIZED (
-    SELECT f.customer_id, f.name, date_trunc('minute', f.ts, 'UTC') AS minute, {cols},
-           count(*) AS n, coalesce(sum(f.value), 0) AS s
-    FROM fresh f GROUP BY 1, 2, 3, {", ".join(str(4 + i) for i in range(len(dims)))})"""
-        if dims
-        else """g AS MATERIALIZED (
-    SELECT f.customer_id, f.name, date_trunc('minute', f.ts, 'UTC') AS minute,
-           count(*) AS n, coalesce(sum(f.value), 0) AS s
-    FROM fresh f GROUP BY 1, 2, 3)""",
+    SELECT {group}, count(*) AS n, coalesce(sum(f.value), 0) AS s
+    FROM fresh f GROUP BY {", ".join(str(i) for i in range(1, 4 + len(dims)))})""",
         # Minutes only from the minute horizon on (MINUTE_SINCE, an hour boundary): hours
         # from those minutes, and straight from the events before it.
         f"""s_minute AS MATERIALIZED (
@@ -252,8 +249,7 @@ MIN_MINUTE_HORIZON_H = 25
 
 #: Events one fold takes at most: a backlog (a backfill, a restart after an outage) is folded
 #: in many short transactions rather than one that holds the snapshot's xmin back for minutes
-#: and hands the loop its users' sketches all at once (the driver decodes a fold's users on
-#: the loop: ~10 ms for 2,000 events of a backfill).
+#: (the rollup job sizes folds of a backlog up from this: pipeline/rollup_job.py).
 FOLD_MAX_EVENTS = 2_000
 
 #: One connection per worker for the fold's writes (Citus only).
@@ -291,7 +287,7 @@ async def _settled(conn: asyncpg.Connection, timeout_s: float) -> bool:
 class Folded:
     events: int
     watermark: int
-    #: Whether committed events were left for the next fold (it hit `FOLD_MAX_EVENTS`).
+    #: Whether committed events were left for the next fold (it took its `max_events`).
     more: bool = False
 
 
