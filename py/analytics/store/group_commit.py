@@ -87,7 +87,7 @@ class CommitStatements:
     @classmethod
     def build(cls, *, enrich: bool = True) -> CommitStatements:
         staged = commit_sql(enrich=enrich)
-        arrays = staged.replace("WITH base AS (", f"WITH {_staging_from_arrays()}, base AS (", 1)
+        arrays = staged.replace("WITH base AS", f"WITH {_staging_from_arrays()}, base AS", 1)
         assert arrays != staged
         return cls(staged, arrays)
 
@@ -108,9 +108,9 @@ def commit_sql(*, enrich: bool = True) -> str:
     req -1 (the count of cache-invalidation notifications sent).
     """
     # The enrichment flag as it stands at this commit, kept with the events (see UNENRICHED).
-    flags = "flags" if enrich else f"flags | {UNENRICHED}"  # (of staging `s`)
+    flags = "s.flags" if enrich else f"s.flags | {UNENRICHED}"
     return f"""
-WITH base AS (
+WITH base AS MATERIALIZED (  -- once (inlined, the arrays form ran it again for every row)
     SELECT min(ord) AS ord FROM staging
 ), fresh AS (
     INSERT INTO dedup (customer_id, dedup_key, first_seen)
@@ -130,7 +130,7 @@ WITH base AS (
     INSERT INTO events (customer_id, ts, name, dedup_key, event_id, received_at, user_id,
                         value, properties, flags)
     SELECT w.customer_id, s.ts, s.name, s.dedup_key, s.event_id, s.received_at, s.user_id,
-           s.value, s.properties, s.{flags}
+           s.value, s.properties, {flags}
     FROM winners w JOIN staging s ON s.ord = w.ord
 ), usage AS (
     -- Billing usage, in the same transaction as the events it counts (the outbox).
