@@ -126,8 +126,8 @@ QUIET = ("pgserver",)
 
 
 def configure_logging(level: str = "INFO", capacity: int = 10_000) -> None:
-    """JSON lines on stderr, written by a listener thread, for everything reaching the root
-    logger. Idempotent; the listener thread stops at interpreter exit after flushing."""
+    """JSON lines on stderr, written by a writer thread, for everything reaching the root
+    logger. Idempotent; the writer thread stops at interpreter exit after flushing."""
     global _handler
     if _handler is not None:
         return

@@ -11,9 +11,6 @@ from datetime import datetime
 import asyncpg
 
 
-#: An event's user as identified, in SQL over `events e` joined with `IDENTITY_JOIN`: the
-#: user its anonymous id is linked to, else its own `user_id`. The sketches the rollup job
-#: writes and the unfolded events a unique-users estimate reads must count users alike.
 def identity_join(alias: str) -> str:
     """`IDENTITY_JOIN` for events under another alias (`alias` has customer_id, user_id)."""
     return (
@@ -27,6 +24,9 @@ def identified_user(alias: str) -> str:
     return f"coalesce(i.user_id, {alias}.user_id)"
 
 
+#: An event's user as identified, in SQL over `events e` joined with `IDENTITY_JOIN`: the
+#: user its anonymous id is linked to, else its own `user_id`. The sketches the rollup job
+#: writes and the unfolded events a unique-users estimate reads must count users alike.
 IDENTITY_JOIN = identity_join("e")
 IDENTIFIED_USER = identified_user("e")
 
