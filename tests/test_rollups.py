@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -17,10 +19,12 @@ import pytest
 from analytics.api.groups import combine, estimated, rank
 from analytics.normalize import hll_standard_error
 from analytics.settings import DEFAULT_DIMENSIONS
+from analytics.store.deferred import Rebuilder, marked_hours
 from analytics.store.migrations import load_migrations, migrate
 from analytics.store.partitions import ensure_partitions
 from analytics.store.rollups import Folder, pending_events
 from analytics.store.series import INTERVALS, MetricsQuery, fetch_series
+from analytics.store.sketches import inline
 from analytics.store.uniques import fetch_uniques
 from dbutil import apply_migrations
 
@@ -37,16 +41,25 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def pool(fresh_dsn):
-    pool = await asyncpg.create_pool(fresh_dsn, min_size=1, max_size=3)
+@asynccontextmanager
+async def march_pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on `dsn` with the events' partition of the month the tests' events are in."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
     async with pool.acquire() as conn:
         await conn.execute(
             "CREATE TABLE events_2026_03 PARTITION OF events"
             " FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')"
         )
-    yield pool
-    await pool.close()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def pool(fresh_dsn):
+    async with march_pool(fresh_dsn) as pool:
+        yield pool
 
 
 def random_events(rng: random.Random, n: int) -> list[tuple]:
@@ -281,8 +294,9 @@ async def test_the_fold_bound_orders_transaction_ids_as_numbers(pool):
 
 def test_events_from_before_the_rollup_job_are_refolded_in_bounded_folds(blank_dsn):
     """A database at migration 0003 (rollups written by the commit) with 5,000 events:
-    migrated, its events are numbered in chunks of 2,000 and folded in three bounded folds,
-    after which the hour rollups count every one of them."""
+    migrated, its events are numbered in chunks of 2,000 and folded in three bounded folds
+    (the hours the first two deferred then rebuilt), after which the hour rollups count every
+    one of them."""
     before_0004 = [m for m in load_migrations() if m.version <= 3]  # reads files: not on a loop
 
     async def run() -> None:
@@ -303,6 +317,11 @@ def test_events_from_before_the_rollup_job_are_refolded_in_bounded_folds(blank_d
                 if not folded.more:
                     break
             assert folds == [2000, 2000, 1000]
+            # The first two (of a backlog) deferred their old hours: rebuilt once, after.
+            assert await marked_hours(conn) > 0
+            while (await Rebuilder(DEFAULT_DIMENSIONS).rebuild(conn, 60.0, inline, 50)).more:
+                pass
+            assert await marked_hours(conn) == 0
             total = await conn.fetchval(
                 "SELECT sum(count) FROM rollup_hour WHERE dim = '' AND customer_id = 1"
             )

@@ -25,6 +25,7 @@ import asyncpg
 import orjson
 
 from analytics.store.bootstrap import customer_with_keys
+from analytics.store.deferred import marked_hours
 from analytics.store.rollups import pending_events
 from benches.harness.cpu import cpu_plan
 from benches.harness.stack import ROOT, Stack
@@ -106,11 +107,12 @@ async def _stored(dsn: str, customer_id: int) -> int:
 
 
 async def _wait_folded(dsn: str, timeout_s: float = 3600) -> float:
-    """Seconds until the rollup job has folded every committed event."""
+    """Seconds until the rollup job has folded every committed event, and rebuilt every
+    hour its folds of a backlog deferred (store/deferred.py)."""
     started = time.monotonic()
     conn = await asyncpg.connect(dsn)
     try:
-        while await pending_events(conn):
+        while await pending_events(conn) or await marked_hours(conn):
             if time.monotonic() - started > timeout_s:
                 raise RuntimeError(f"the rollups did not catch up in {timeout_s} s")
             await anyio.sleep(0.25)

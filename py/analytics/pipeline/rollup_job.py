@@ -20,6 +20,7 @@ import anyio.lowlevel
 from analytics.runtime import prometheus
 from analytics.runtime.offload import Offload
 from analytics.store import db
+from analytics.store.deferred import Rebuilder, Rebuilt
 from analytics.store.rollups import FOLD_MAX_EVENTS, Folded, Folder
 from analytics.store.sketches import inline
 
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 #: and the fold's transaction stays short.
 BACKLOG_FOLD_S = 2.0
 BACKLOG_MAX_EVENTS = 50_000
+
+#: The hours a fold of a backlog deferred (store/deferred.py) are rebuilt once it is folded,
+#: in short transactions (`deferred.REBUILD_S`); and while a backlog lasts, one rebuild at
+#: least every `REBUILD_EVERY_S`, so a backfill that never ends does not leave its hours to
+#: the raw events for ever.
+REBUILD_EVERY_S = 30.0
 
 
 class RollupJob:
@@ -48,6 +55,10 @@ class RollupJob:
         # Sketches of unique users are built and merged in Rust, in a worker thread.
         self._cpu = functools.partial(offload.run, "cpu") if offload else inline
         self._folder = Folder(dimensions, minute_horizon_h)
+        self._rebuilder = Rebuilder(dimensions)
+        #: Whether marked hours may be waiting (a restart finds those left: check once).
+        self._marked = True
+        self._rebuilt_at = time.monotonic()
         self._interval_s = interval_s
         #: How long the last fold took, in seconds.
         self.last_fold_s = 0.0
@@ -65,18 +76,42 @@ class RollupJob:
             prometheus.rollup_fold_seconds.observe(self.last_fold_s)
         return folded
 
+    async def rebuild_once(self) -> Rebuilt | None:
+        """One rebuild of the oldest deferred hours (None when another process holds the
+        lock)."""
+        with anyio.fail_after(self._timeout_s):
+            async with self._pool.acquire() as conn:
+                rebuilt = await self._rebuilder.rebuild(conn, self._timeout_s, self._cpu)
+        self._rebuilt_at = time.monotonic()
+        if rebuilt is not None:
+            self._marked = rebuilt.more
+            if rebuilt.hours:
+                prometheus.rollup_rebuilt_hours.inc(rebuilt.hours)
+        return rebuilt
+
     async def run(self) -> None:
         """Fold, then sleep `interval_s` (at once again, and more at a time, while a backlog
-        is left: `BACKLOG_FOLD_S`), until cancelled."""
+        is left: `BACKLOG_FOLD_S`; hours a backlog's folds deferred are rebuilt once it is
+        folded), until cancelled."""
         size = FOLD_MAX_EVENTS
         while True:
             folded = await self.fold_once(size)
+            if folded is not None and folded.deferred:
+                self._marked = True
             if folded is not None and folded.more:
                 rate = folded.events / max(self.last_fold_s, 1e-3)
                 size = int(min(max(rate * BACKLOG_FOLD_S, FOLD_MAX_EVENTS), BACKLOG_MAX_EVENTS))
+                if self._marked and time.monotonic() - self._rebuilt_at > REBUILD_EVERY_S:
+                    await self.rebuild_once()
                 await anyio.lowlevel.checkpoint()
                 continue
             size = FOLD_MAX_EVENTS
+            # (Another worker's folds may have marked hours: looked for now and then.)
+            if self._marked or time.monotonic() - self._rebuilt_at > REBUILD_EVERY_S:
+                rebuilt = await self.rebuild_once()
+                if rebuilt is not None and rebuilt.more:
+                    await anyio.lowlevel.checkpoint()
+                    continue
             await anyio.sleep(self._interval_s)
 
     async def final_fold(self, within_s: float = 5.0) -> None:

@@ -118,6 +118,10 @@ rollup_folded = Counter(
 rollup_fold_seconds = Histogram(
     "analytics_rollup_fold_seconds", "Rollup job transaction latency", buckets=LATENCY_BUCKETS
 )
+rollup_rebuilt_hours = Counter(
+    "analytics_rollup_hours_rebuilt_total",
+    "Deferred hours (per customer and event name) the rollup job rebuilt from raw events",
+)
 billing_calls = Counter("analytics_billing_calls_total", "Calls to the billing SDK")
 billing_failures = Counter("analytics_billing_failures_total", "Failed billing SDK calls")
 

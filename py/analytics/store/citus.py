@@ -12,6 +12,9 @@ deploy/citus.md.
 
 from __future__ import annotations
 
+import time
+
+import anyio
 import asyncpg
 
 from analytics.store.customers import CUSTOMER_TABLES
@@ -77,3 +80,35 @@ async def distribute(conn: asyncpg.Connection, shard_count: int = SHARD_COUNT) -
             )
             changed.append(table)
     return changed
+
+
+#: One connection per worker for the rollup fold's writes.
+SEQUENTIAL_SQL = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
+
+#: The transactions of this database prepared on the workers now (their gids), Citus only.
+#: This database's only (run_command_on_workers connects to the same database on each
+#: worker): another database's transaction in doubt on a shared worker says nothing of ours,
+#: and would hold every fold back until someone recovered it.
+_PREPARED_SQL = """
+SELECT coalesce(string_agg(result, ','), '') FROM run_command_on_workers(
+    $$SELECT coalesce(string_agg(gid, ','), '') FROM pg_prepared_xacts
+      WHERE database = current_database()$$)
+"""
+
+#: Longest wait for prepared transactions to end before a fold of the rollups gives up its
+#: round (store/rollups.py).
+SETTLE_S = 2.0
+
+
+async def settled(conn: asyncpg.Connection, timeout_s: float) -> bool:
+    """Whether every transaction prepared on a worker when this was called has ended (within
+    `SETTLE_S`): committed or rolled back there, so its rows are final."""
+    first = {g for g in (await conn.fetchval(_PREPARED_SQL, timeout=timeout_s)).split(",") if g}
+    deadline = time.monotonic() + SETTLE_S
+    while first:
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(0.005)
+        now = await conn.fetchval(_PREPARED_SQL, timeout=timeout_s)
+        first &= set(now.split(","))
+    return True

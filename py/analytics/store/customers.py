@@ -26,6 +26,7 @@ CUSTOMER_TABLES = (
     "rollup_hour",
     "rollup_pair_hour",
     "rollup_users_hour",
+    "rollup_dirty",
     "usage_outbox",
     "usage_dispatch",
     "rate_buckets",

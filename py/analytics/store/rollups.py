@@ -18,7 +18,7 @@ On Citus (deploy/citus.md) `xid` is the coordinator's transaction id (the defaul
 evaluated there, for the rows the coordinator sends to the shards) and xmin the coordinator's:
 a multi-node commit is prepared on the workers, committed on the coordinator (leaving its
 snapshot), then committed on the workers. So after reading xmin the fold waits until every
-transaction then prepared on a worker has ended (`_settled`): each transaction below xmin
+transaction then prepared on a worker has ended (`citus.settled`): each transaction below xmin
 is then visible on its worker. The fold writes through one connection per worker
 (`multi_shard_modify_mode = sequential`), so a worker shows the new rollups and its copy of
 the new watermark at once, and a query reads both there in one snapshot (store/series.py).
@@ -31,15 +31,13 @@ the job's lock so the watermark cannot move under it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import combinations
 
-import anyio
 import asyncpg
 
-from analytics.store.citus import is_citus
+from analytics.store.citus import SEQUENTIAL_SQL, is_citus, settled
 from analytics.store.dimensions import UA_LATERAL, dimension_expr
 from analytics.store.identities import identity_join
 from analytics.store.sketches import Cpu, inline, merge_users, users_json
@@ -96,6 +94,11 @@ def tables_for(dimensions: tuple[str, ...]) -> tuple[RollupTable, ...]:
     return tuple(t for t in ROLLUP_TABLES if not t.pair or pairs(dimensions))
 
 
+#: Where minute rollups begin: rollup_minute holds every folded event from this time on,
+#: and nothing a query reads before it (migration 0008; '-infinity' when kept for all).
+MINUTE_SINCE = "SELECT minute_since FROM rollup_state"
+
+
 def fold_sql(
     dimensions: tuple[str, ...],
     source: str,
@@ -104,17 +107,29 @@ def fold_sql(
     before: tuple[str, ...] = (),
     also: tuple[str, ...] = (),
     users: bool = False,
+    defer: str | None = None,
+    replace: bool = False,
+    minute_since: str = MINUTE_SINCE,
 ) -> str:
     """Add (sign 1) or subtract (sign -1) the events of `source` to every rollup table.
 
     `source` is the body of a CTE giving customer_id, name, ts, value, properties and flags
     of the events to fold. Rollups are upserted in key order, so a fold and an erasure lock
-    rows in the same order. Returns one row: `events` (how many were folded) and, per table,
-    the rows left with a count of 0 or less as JSON (`emptied_<table>`, for the erasure to
-    delete; a fold adding events leaves none). `before` are CTEs the source may read, `also`
+    rows in the same order. Returns one row: `events` (how many were folded) and, for a
+    subtraction (sign -1), per table the rows left with a count of 0 or less as JSON
+    (`emptied_<table>`, for the erasure to delete). `before` are CTEs the source may read, `also`
     more result columns. With `users` the source also gives user_id, and the row has
     `users`: the events' users for their sketches (`sketches.users_json`), read from the same
     scan and the same dimension values.
+
+    `defer` (SQL of an hour boundary, or of NULL for none) leaves the events before it out of
+    the hour-grain tables and the users, and marks their (customer, name, hour) in
+    `rollup_dirty` for the job to rebuild (store/deferred.py); the row then also has
+    `deferred`, the marks added. With `replace` the rows written replace those stored
+    instead of adding to them (a rebuild, which passes every event of its hours, under the
+    job's lock: the only other writers, the fold and an erasure, hold it too, so its rows go
+    unsorted), and
+    `minute_since` is where minute rows begin (a rebuild writes none: `'infinity'`).
     """
     dims = sorted(dimensions)
     column = {d: f"d{i}" for i, d in enumerate(dims)}
@@ -126,6 +141,19 @@ def fold_sql(
     pair_rows = ", ".join(
         f"('{a}', '{b}', f.{column[a]}, f.{column[b]})" for a, b in pairs(dimensions)
     )
+    # Events kept for the hour-grain tables (all but the deferred ones).
+    kept = f"coalesce({defer}, '-infinity'::timestamptz)" if defer else "'-infinity'::timestamptz"
+    lateral = UA_LATERAL if ua else ""
+    values, reads = extracted, lateral
+    if defer:
+        # Events before both the deferral and the minute horizon only mark their hour: their
+        # values are not read from the JSON (NULL).
+        needed = f"CASE WHEN {defer} IS NOT NULL THEN least(({minute_since}), {defer}) END"
+        values = ", ".join(f"x.{column[d]}" for d in dims)
+        reads = (
+            f"LEFT JOIN LATERAL (SELECT {extracted} FROM (SELECT) AS one {lateral}"
+            f" WHERE e.ts >= coalesce({needed}, '-infinity')) AS x ON true"
+        )
     n, s = ("sum(f.n)", "sum(f.s)")
     if sign < 0:
         n, s = f"-{n}", f"-{s}"
@@ -138,8 +166,8 @@ def fold_sql(
         # Read once, by `fresh`, unless `also` reads it too: then kept (MATERIALIZED); else
         # inlined, so the events' JSON is not copied into a tuplestore on the way.
         f"src AS {'MATERIALIZED' if also else 'NOT MATERIALIZED'} ({source})",
-        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
-        f"{', e.user_id' if users else ''} FROM src e{' ' + UA_LATERAL if ua else ''})",
+        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {values}"
+        f"{', e.user_id' if users else ''} FROM src e {reads})",
         # The events per minute and combination of values, before each is spread over the
         # rollup rows it adds to: current events share combinations, so the spreading below
         # handles a fraction of the rows (a backfill's events mostly keep their own).
@@ -152,15 +180,16 @@ def fold_sql(
     SELECT f.customer_id, f.name, d.dim, d.val AS dim_value, f.minute AS bucket,
            {n} AS n, {s} AS s
     FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL AND f.minute >= ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
+    WHERE d.val IS NOT NULL AND f.minute >= ({minute_since}) GROUP BY 1, 2, 3, 4, 5)""",
         f"""s_hour AS (
     SELECT customer_id, name, dim, dim_value, date_trunc('hour', bucket, 'UTC') AS bucket,
            sum(n) AS n, sum(s) AS s
-    FROM s_minute GROUP BY 1, 2, 3, 4, 5
+    FROM s_minute WHERE bucket >= {kept} GROUP BY 1, 2, 3, 4, 5
     UNION ALL
     SELECT f.customer_id, f.name, d.dim, d.val, date_trunc('hour', f.minute, 'UTC'), {n}, {s}
     FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL AND f.minute < ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
+    WHERE d.val IS NOT NULL AND f.minute < ({minute_since}) AND f.minute >= {kept}
+    GROUP BY 1, 2, 3, 4, 5)""",
     ]
     if pair_rows:
         ctes.append(
@@ -168,34 +197,47 @@ def fold_sql(
     SELECT f.customer_id, f.name, p.da AS dim_a, p.db AS dim_b, p.va AS value_a,
            p.vb AS value_b, date_trunc('hour', f.minute, 'UTC') AS bucket, {n} AS n, {s} AS s
     FROM g f CROSS JOIN LATERAL (VALUES {pair_rows}) AS p(da, db, va, vb)
-    WHERE p.va IS NOT NULL AND p.vb IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
+    WHERE p.va IS NOT NULL AND p.vb IS NOT NULL AND f.minute >= {kept}
+    GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
         )
     results = ["(SELECT count(*) FROM fresh) AS events", *also]
     if users:
         values = [f"f.{column[d]}" for d in dims]
-        from_where = f"FROM fresh f {identity_join('f')} WHERE true"
+        from_where = f"FROM fresh f {identity_join('f')} WHERE f.ts >= {kept}"
         results.append(f"{users_json('f', values, from_where)} AS users")
+    if defer:
+        ctes.append(
+            f"""dirty AS (
+    INSERT INTO rollup_dirty (customer_id, name, hour)
+    SELECT DISTINCT customer_id, name, date_trunc('hour', minute, 'UTC') FROM g
+    WHERE minute < {kept} ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING RETURNING 1)"""
+        )
+        results.append("(SELECT count(*) FROM dirty) AS deferred")
+    add = "" if replace else "r.{0} + "
+    # Only a subtraction can leave a row at 0 (counts only grow otherwise): only then are
+    # the rows written returned, for the emptied ones.
+    returning = "\n    RETURNING r.*" if sign < 0 else ""
     for table in tables_for(dimensions):
         delta = f"{'p' if table.pair else 's'}_{table.grain}"
         key = ", ".join(table.key)
+        order = ", ".join(
+            c if c in ("customer_id", "bucket") else f'{c} COLLATE "C"' for c in table.key
+        )
         ctes.append(
             f"""up_{table.name} AS (
     INSERT INTO {table.name} AS r ({key}, count, sum_value)
-    SELECT {key}, n, s FROM {delta} ORDER BY {key}
+    SELECT {key}, n, s FROM {delta}{"" if replace else f" ORDER BY {order}"}
     ON CONFLICT ({key}) DO UPDATE
-        SET count = r.count + excluded.count, sum_value = r.sum_value + excluded.sum_value
-    RETURNING r.*)"""
+        SET count = {add.format("count")}excluded.count,
+            sum_value = {add.format("sum_value")}excluded.sum_value{returning})"""
         )
-        results.append(
-            f"(SELECT coalesce(json_agg(u), '[]') FROM up_{table.name} u WHERE u.count <= 0)"
-            f" AS emptied_{table.name}"
-        )
+        if sign < 0:
+            results.append(
+                f"(SELECT coalesce(json_agg(u), '[]') FROM up_{table.name} u"
+                f" WHERE u.count <= 0) AS emptied_{table.name}"
+            )
     return "WITH " + ",\n".join(ctes) + "\nSELECT " + ",\n       ".join(results)
-
-
-#: Where minute rollups begin: rollup_minute holds every folded event from this time on,
-#: and nothing a query reads before it (migration 0008; '-infinity' when kept for all).
-MINUTE_SINCE = "SELECT minute_since FROM rollup_state"
 
 
 def delete_emptied_sql(table: RollupTable) -> str:
@@ -252,35 +294,13 @@ MIN_MINUTE_HORIZON_H = 25
 #: (the rollup job sizes folds of a backlog up from this: pipeline/rollup_job.py).
 FOLD_MAX_EVENTS = 2_000
 
-#: One connection per worker for the fold's writes (Citus only).
-_SEQUENTIAL_SQL = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
-
-#: The transactions of this database prepared on the workers now (their gids), Citus only.
-#: This database's only (run_command_on_workers connects to the same database on each
-#: worker): another database's transaction in doubt on a shared worker says nothing of ours,
-#: and would hold every fold back until someone recovered it.
-_PREPARED_SQL = """
-SELECT coalesce(string_agg(result, ','), '') FROM run_command_on_workers(
-    $$SELECT coalesce(string_agg(gid, ','), '') FROM pg_prepared_xacts
-      WHERE database = current_database()$$)
-"""
-
-#: Longest wait for prepared transactions to end before a fold gives up its round.
-SETTLE_S = 2.0
-
-
-async def _settled(conn: asyncpg.Connection, timeout_s: float) -> bool:
-    """Whether every transaction prepared on a worker when this was called has ended (within
-    `SETTLE_S`): committed or rolled back there, so its rows are final."""
-    first = {g for g in (await conn.fetchval(_PREPARED_SQL, timeout=timeout_s)).split(",") if g}
-    deadline = time.monotonic() + SETTLE_S
-    while first:
-        if time.monotonic() > deadline:
-            return False
-        await anyio.sleep(0.005)
-        now = await conn.fetchval(_PREPARED_SQL, timeout=timeout_s)
-        first &= set(now.split(","))
-    return True
+#: A fold of a backlog (one that leaves events for the next) leaves the events of hours
+#: older than this (before the hour this long before the current one) out of the hour-grain
+#: rollups and sketches: their hours are marked and rebuilt once each, from all their events,
+#: when the backlog is folded (store/deferred.py). A backfill's events, spread over weeks,
+#: each landed in hour, pair and sketch rows of their own, fold after fold; rebuilt, an
+#: hour's events share them. Current events (this hour and the last) are folded as they come.
+DEFER_AFTER = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -289,16 +309,28 @@ class Folded:
     watermark: int
     #: Whether committed events were left for the next fold (it took its `max_events`).
     more: bool = False
+    #: Hours (per customer and name) this fold marked for a rebuild (store/deferred.py).
+    deferred: int = 0
 
 
 class Folder:
     """The rollup job's statements for a set of dimensions, built once."""
 
-    def __init__(self, dimensions: tuple[str, ...], minute_horizon_h: int | None = None) -> None:
+    def __init__(
+        self,
+        dimensions: tuple[str, ...],
+        minute_horizon_h: int | None = None,
+        *,
+        defer: bool = True,
+    ) -> None:
         """`minute_horizon_h`: keep minute rollups for events at most this many hours old
-        (at least `MIN_MINUTE_HORIZON_H`); None keeps them for all."""
-        self.sql = fold_sql(dimensions, _SOURCE, users=True)
+        (at least `MIN_MINUTE_HORIZON_H`); None keeps them for all. `defer`: see
+        `DEFER_AFTER` (never on Citus)."""
+        self.sql = fold_sql(dimensions, _SOURCE, users=True, defer="$3::timestamptz")
         self.dims = sorted(dimensions)
+        self.dimensions = tuple(dimensions)
+        #: Whether a fold of a backlog defers its old hours' hour-grain rollups (`DEFER_AFTER`).
+        self.defer = defer
         self._citus: bool | None = None
         # None: the state's test (NULL) never moves the horizon.
         self._horizon_h = (
@@ -326,7 +358,7 @@ class Folder:
             if not locked:
                 return None
             if self._citus:
-                await conn.execute(_SEQUENTIAL_SQL, timeout=timeout_s)
+                await conn.execute(SEQUENTIAL_SQL, timeout=timeout_s)
             state = await conn.fetchrow(_STATE_SQL, self._horizon_h, timeout=timeout_s)
             low, high = state["watermark"], state["xmin"]
             since = state["minute_since"]
@@ -341,7 +373,7 @@ class Folder:
                     await conn.execute(_SWEEP_SQL, step, timeout=timeout_s)
             if int(high) <= int(low):
                 return Folded(0, int(low))
-            if self._citus and not await _settled(conn, timeout_s):
+            if self._citus and not await settled(conn, timeout_s):
                 return Folded(0, int(low))  # a worker's commit is in doubt: next round
             bound = await conn.fetchval(_BOUND_SQL, low, high, max_events, timeout=timeout_s)
             more = bound is not None
@@ -351,13 +383,17 @@ class Folder:
                     "SELECT min(xid)::text FROM events WHERE xid >= $1::text::xid8", low
                 )
                 high = bound if int(bound) > int(first) else str(int(first) + 1)
-            row = await conn.fetchrow(self.sql, low, high, timeout=timeout_s)
+            defer = None
+            if more and self.defer and not self._citus:
+                hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+                defer = hour - DEFER_AFTER
+            row = await conn.fetchrow(self.sql, low, high, defer, timeout=timeout_s)
             if row["events"]:
                 await merge_users(conn, row["users"], self.dims, cpu, timeout_s)
             await conn.execute(
                 "UPDATE rollup_state SET watermark = $1::text::xid8", high, timeout=timeout_s
             )
-        return Folded(row["events"], int(high), more)
+        return Folded(row["events"], int(high), more, row["deferred"])
 
 
 async def watermark(conn: asyncpg.Connection | asyncpg.Pool) -> int:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from analytics.store.deferred import clean, dirty_hours
 from analytics.store.dimensions import dimension_expr
 from analytics.store.rollups import pair_table, single_table
 
@@ -98,6 +99,8 @@ def _single_sql(
     where = f" AND dim_value = {a(value)}" if value is not None else ""
     if since is not None:
         where += f" AND bucket >= {since}"
+    if q.interval != "minute":
+        where += f" AND {_clean(q, a, 'bucket')}"
     group = "dim_value" if grouped and dim == q.group_by else "NULL::text"
     return f"""
         SELECT date_trunc({a(q.interval)}, bucket, 'UTC') AS b, {group} AS g,
@@ -128,17 +131,34 @@ def _pair_sql(q: MetricsQuery, a: _Args) -> str:
         WHERE customer_id = {a(q.customer_id)} AND name = {a(q.name)}
               AND dim_a = {a(dim_a)} AND dim_b = {a(dim_b)}
               AND bucket >= {a(q.start)} AND bucket < {a(q.end)}{where}
+              AND {_clean(q, a, "bucket")}
         GROUP BY 1, 2"""
 
 
+def _clean(q: MetricsQuery, a: _Args, hour: str) -> str:
+    """The hour `hour` (SQL) is not deferred: its hour-grain rollups hold every folded event
+    (store/deferred.py); a deferred hour is read from the raw events alone."""
+    return clean(a(q.customer_id), a(q.name), hour)
+
+
 def _raw_sql(
-    q: MetricsQuery, a: _Args, after: str | None, since: str | None = None, old: bool = False
+    q: MetricsQuery,
+    a: _Args,
+    after: str | None,
+    since: str | None = None,
+    old: bool = False,
+    *,
+    source: str = "events",
 ) -> str:
-    """Raw events of the query; `after` (a parameter) limits them to those not folded;
-    `since` (a parameter) to those from it on, or with `old` to those before it."""
+    """Raw events of the query (from `source`, a FROM list giving them as `events`); `after`
+    (a parameter) limits them to those not folded (and, at hour grain and coarser, outside
+    the deferred hours, which `deferred_sql` reads whole); `since` (a parameter) to those
+    from it on, or with `old` to those before it."""
     where = [f"AND {dimension_expr(d, flags='flags')} = {a(v)}" for d, v in q.filters]
     if after is not None:
         where.append(f"AND xid >= {after}::text::xid8")
+        if q.interval != "minute":
+            where.append("AND " + _clean(q, a, "date_trunc('hour', ts, 'UTC')"))
     if since is not None:
         where.append(f"AND ts {'<' if old else '>='} {since}")
     group = dimension_expr(q.group_by, flags="flags") if q.group_by else "NULL::text"
@@ -154,10 +174,17 @@ def _raw_sql(
     return f"""
         SELECT date_trunc({a(q.interval)}, ts, 'UTC') AS b, {group} AS g,
                '{Part.RAW.value}' AS p, count(*) AS n, ({value})::float8 AS v
-        FROM events
+        FROM {source}
         WHERE customer_id = {a(q.customer_id)} AND name = {a(q.name)}
               AND ts >= {a(q.start)} AND ts < {a(q.end)} {" ".join(where)}
         GROUP BY 1, 2"""
+
+
+def deferred_sql(q: MetricsQuery, a: _Args) -> str:
+    """Every raw event of the query in its deferred hours, folded or not (hour grain and
+    coarser; their rollup rows are left out by `_clean`)."""
+    hours = dirty_hours(a(q.customer_id), a(q.name), a(q.start), a(q.end))
+    return _raw_sql(q, a, None, source=hours)
 
 
 def rollup_sql(q: MetricsQuery) -> tuple[str, list[object]]:
@@ -182,6 +209,8 @@ def rollup_sql(q: MetricsQuery) -> tuple[str, list[object]]:
     parts.append(_raw_sql(q, a, watermark, since))
     if since is not None:
         parts.append(_raw_sql(q, a, None, since, old=True))
+    if q.interval != "minute":
+        parts.append(deferred_sql(q, a))
     return " UNION ALL ".join(parts), a.values
 
 

@@ -1,0 +1,140 @@
+"""Hours whose hour-grain rollups the rollup job deferred, and their rebuild (migration 0009).
+
+A fold of a backlog (store/rollups.py `Folder.fold`, `DEFER_AFTER`) leaves the events of old
+hours out of `rollup_hour`, `rollup_pair_hour` and `rollup_users_hour`, and marks each such
+(customer, name, hour) in `rollup_dirty`. Minute rows are written as always. `rebuild` then
+takes the oldest marks, computes those hours' rows from every folded raw event of them (the
+fold's own SQL over a different source, replacing the stored rows instead of adding to
+them) and deletes the marks, in one transaction under the job's lock. So in any snapshot a
+marked hour's rows are stale and an unmarked hour's rows hold every event below the
+watermark: queries read a marked hour from the raw events only (`clean`, `dirty_hours`).
+
+Why: a backfill's events are spread over weeks, so the events of one fold, however large,
+put a few events in each hour: every event was an upsert in 6 hour rows, 10 pair rows and
+~6 sketches of its own (read, merged, written back), and the next fold rewrote the same
+sketches again. Rebuilt once, the events of an hour share their rows: the measured saving
+is in docs/rollups.md.
+
+Not on Citus: there the fold folds every event as it comes (the rebuild's statements are
+not distributed-query safe as written, and untested there).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from analytics.store.rollups import FOLD_LOCK, fold_sql
+from analytics.store.sketches import Cpu, merge_users
+
+#: Every folded event (below the watermark, $4) of the hours given as arrays $1..$3.
+_SOURCE = """SELECT e.customer_id, e.name, e.ts, e.value, e.properties, e.flags, e.user_id
+    FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS d(customer_id, name, hour)
+    JOIN events e ON e.customer_id = d.customer_id AND e.name = d.name COLLATE "C"
+        AND e.ts >= d.hour AND e.ts < d.hour + interval '1 hour'
+    WHERE e.xid < $4::text::xid8"""
+
+#: The oldest marks first (a mark's hour is rebuilt whole, whatever its size).
+_PICK_SQL = """SELECT customer_id, name, hour FROM rollup_dirty
+    ORDER BY marked_at, customer_id, name, hour LIMIT $1"""
+
+_UNMARK_SQL = """DELETE FROM rollup_dirty d
+    USING unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS k(customer_id, name, hour)
+    WHERE d.customer_id = k.customer_id AND d.name = k.name COLLATE "C" AND d.hour = k.hour"""
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    #: Marked hours rebuilt (per customer and name), and the events they hold.
+    hours: int
+    events: int
+    #: Whether marks were left (it took its `max_hours`).
+    more: bool
+
+
+#: A rebuild of many marks is sized to take about this long (from the last one's rate), from
+#: `FIRST_HOURS` marks up to `MAX_HOURS`: short transactions, as for folds of a backlog.
+REBUILD_S = 2.0
+FIRST_HOURS = 24
+MAX_HOURS = 5_000
+
+
+class Rebuilder:
+    """The rebuild's statements for a set of dimensions, built once, and the size of the
+    next rebuild."""
+
+    def __init__(self, dimensions: tuple[str, ...]) -> None:
+        self.dims = sorted(dimensions)
+        #: Marks the next rebuild takes (`REBUILD_S`).
+        self.hours = FIRST_HOURS
+        # Hour-grain rows only (no minute row: they were written by the fold), replacing.
+        self.sql = fold_sql(
+            dimensions,
+            _SOURCE,
+            users=True,
+            replace=True,
+            minute_since="SELECT 'infinity'::timestamptz",
+        )
+
+    async def rebuild(
+        self, conn: asyncpg.Connection, timeout_s: float, cpu: Cpu, max_hours: int | None = None
+    ) -> Rebuilt | None:
+        """Rebuild the rollups of the (at most `max_hours`, else `hours`) oldest marked hours
+        and unmark them; None when another process holds the job's lock."""
+        started = time.perf_counter()
+        rebuilt = await self._rebuild(conn, timeout_s, cpu, max_hours or self.hours)
+        if max_hours is None and rebuilt is not None and rebuilt.more:
+            rate = rebuilt.hours / max(time.perf_counter() - started, 1e-3)
+            self.hours = int(min(max(rate * REBUILD_S, 1), MAX_HOURS))
+        return rebuilt
+
+    async def _rebuild(
+        self, conn: asyncpg.Connection, timeout_s: float, cpu: Cpu, max_hours: int
+    ) -> Rebuilt | None:
+        async with conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK, timeout=timeout_s
+            )
+            if not locked:
+                return None
+            # Locked like a fold locks it: an erasure waits (it holds the same lock anyway).
+            mark = await conn.fetchval(
+                "SELECT watermark::text FROM rollup_state FOR UPDATE", timeout=timeout_s
+            )
+            picked = await conn.fetch(_PICK_SQL, max_hours, timeout=timeout_s)
+            if not picked:
+                return Rebuilt(0, 0, False)
+            keys: list[list[Any]] = [list(c) for c in zip(*picked, strict=True)]
+            row = await conn.fetchrow(self.sql, *keys, mark, timeout=timeout_s)
+            if row["events"]:
+                await merge_users(conn, row["users"], self.dims, cpu, timeout_s, replace=True)
+            await conn.execute(_UNMARK_SQL, *keys, timeout=timeout_s)
+        return Rebuilt(len(picked), row["events"], len(picked) == max_hours)
+
+
+async def marked_hours(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Hours (per customer and name) waiting for a rebuild."""
+    return await conn.fetchval("SELECT count(*) FROM rollup_dirty")
+
+
+def clean(customer: str, name: str, hour: str) -> str:
+    """SQL condition: the hour `hour` (SQL of an hour boundary) of `customer` and `name`
+    (parameters) is not marked, so its hour-grain rollups are complete."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.customer_id = {customer}"
+        f" AND d.name = {name} AND d.hour = {hour})"
+    )
+
+
+def dirty_hours(customer: str, name: str, start: str, end: str, alias: str = "events") -> str:
+    """SQL of a FROM list: the events of `customer` and `name` (parameters) in the marked
+    hours within [start, end), as `alias` (each hour found by its mark, then read through
+    the events' (customer, name, ts) index)."""
+    return f"""(SELECT d.hour FROM rollup_dirty d WHERE d.customer_id = {customer}
+        AND d.name = {name} AND d.hour >= date_trunc('hour', {start}::timestamptz, 'UTC')
+        AND d.hour < {end}) AS dirty
+    CROSS JOIN LATERAL (SELECT * FROM events WHERE customer_id = {customer} AND name = {name}
+        AND ts >= dirty.hour AND ts < dirty.hour + interval '1 hour') AS {alias}"""
