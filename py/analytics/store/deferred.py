@@ -120,6 +120,19 @@ async def marked_hours(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     return await conn.fetchval("SELECT count(*) FROM rollup_dirty")
 
 
+_ANY_MARKED_SQL = """SELECT EXISTS (SELECT FROM rollup_dirty WHERE customer_id = $1 AND name = $2
+    AND hour >= date_trunc('hour', $3::timestamptz, 'UTC') AND hour < $4)"""
+
+
+async def any_marked(conn: asyncpg.Connection, q: Any, timeout_s: float) -> bool:
+    """Whether any hour of the range of `q` (a `series.MetricsQuery`) is marked: only then
+    does a query read its marks (`clean`, `dirty_hours`: ~30 % of a 30-day grouped query's
+    time when read for nothing)."""
+    return await conn.fetchval(
+        _ANY_MARKED_SQL, q.customer_id, q.name, q.start, q.end, timeout=timeout_s
+    )
+
+
 def clean(customer: str, name: str, hour: str) -> str:
     """SQL condition: the hour `hour` (SQL of an hour boundary) of `customer` and `name`
     (parameters) is not marked, so its hour-grain rollups are complete."""

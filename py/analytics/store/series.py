@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from analytics.store.deferred import clean, dirty_hours
+from analytics.store.deferred import any_marked, clean, dirty_hours
 from analytics.store.dimensions import dimension_expr
 from analytics.store.rollups import pair_table, single_table
 
@@ -93,13 +93,19 @@ class _Args:
 
 
 def _single_sql(
-    q: MetricsQuery, a: _Args, part: Part, dim: str, value: str | None, since: str | None
+    q: MetricsQuery,
+    a: _Args,
+    part: Part,
+    dim: str,
+    value: str | None,
+    since: str | None,
+    marked: bool,
 ) -> str:
     grouped = part is Part.ROLLUP and q.group_by is not None
     where = f" AND dim_value = {a(value)}" if value is not None else ""
     if since is not None:
         where += f" AND bucket >= {since}"
-    if q.interval != "minute":
+    if marked:
         where += f" AND {_clean(q, a, 'bucket')}"
     group = "dim_value" if grouped and dim == q.group_by else "NULL::text"
     return f"""
@@ -111,7 +117,7 @@ def _single_sql(
         GROUP BY 1, 2"""
 
 
-def _pair_sql(q: MetricsQuery, a: _Args) -> str:
+def _pair_sql(q: MetricsQuery, a: _Args, marked: bool) -> str:
     """Two dimensions: a filter and a group-by, or two filters (grouped by one or not)."""
     filters = dict(q.filters)
     dim_a, dim_b = sorted(q.dims)
@@ -131,7 +137,7 @@ def _pair_sql(q: MetricsQuery, a: _Args) -> str:
         WHERE customer_id = {a(q.customer_id)} AND name = {a(q.name)}
               AND dim_a = {a(dim_a)} AND dim_b = {a(dim_b)}
               AND bucket >= {a(q.start)} AND bucket < {a(q.end)}{where}
-              AND {_clean(q, a, "bucket")}
+              {"AND " + _clean(q, a, "bucket") if marked else ""}
         GROUP BY 1, 2"""
 
 
@@ -149,15 +155,16 @@ def _raw_sql(
     old: bool = False,
     *,
     source: str = "events",
+    marked: bool = False,
 ) -> str:
     """Raw events of the query (from `source`, a FROM list giving them as `events`); `after`
-    (a parameter) limits them to those not folded (and, at hour grain and coarser, outside
-    the deferred hours, which `deferred_sql` reads whole); `since` (a parameter) to those
+    (a parameter) limits them to those not folded (and, when the range has `marked` hours,
+    to those outside them, which `deferred_sql` reads whole); `since` (a parameter) to those
     from it on, or with `old` to those before it."""
     where = [f"AND {dimension_expr(d, flags='flags')} = {a(v)}" for d, v in q.filters]
     if after is not None:
         where.append(f"AND xid >= {after}::text::xid8")
-        if q.interval != "minute":
+        if marked:
             where.append("AND " + _clean(q, a, "date_trunc('hour', ts, 'UTC')"))
     if since is not None:
         where.append(f"AND ts {'<' if old else '>='} {since}")
@@ -187,29 +194,32 @@ def deferred_sql(q: MetricsQuery, a: _Args) -> str:
     return _raw_sql(q, a, None, source=hours)
 
 
-def rollup_sql(q: MetricsQuery) -> tuple[str, list[object]]:
+def rollup_sql(q: MetricsQuery, marked: bool = False) -> tuple[str, list[object]]:
     """The query over rollups and the raw events not folded; the first parameter is the
     watermark (text, None here), which the caller reads in the same snapshot. A minute
     query's second parameter is where its minute rollups begin (`split`, from the same
-    snapshot): its buckets before that are read from every raw event."""
+    snapshot): its buckets before that are read from every raw event. `marked`: the range
+    has deferred hours (`deferred.any_marked`, in the same snapshot; hour grain and
+    coarser), read from the raw events instead of their rollups."""
     a = _Args()
     watermark = a(None)
     since = a(None) if q.interval == "minute" else None
+    marked = marked and q.interval != "minute"
     filters = dict(q.filters)
     parts = []
     if len(q.dims) == 2:
-        parts.append(_pair_sql(q, a))
+        parts.append(_pair_sql(q, a, marked))
     else:
         dim = next(iter(q.dims), "")
-        parts.append(_single_sql(q, a, Part.ROLLUP, dim, filters.get(dim), since))
+        parts.append(_single_sql(q, a, Part.ROLLUP, dim, filters.get(dim), since, marked))
     if q.none_group:
         # The total the groups are taken from: the filter's single rollup, or all events.
         dim, value = next(iter(q.filters), ("", None))
-        parts.append(_single_sql(q, a, Part.TOTAL, dim, value, since))
-    parts.append(_raw_sql(q, a, watermark, since))
+        parts.append(_single_sql(q, a, Part.TOTAL, dim, value, since, marked))
+    parts.append(_raw_sql(q, a, watermark, since, marked=marked))
     if since is not None:
         parts.append(_raw_sql(q, a, None, since, old=True))
-    if q.interval != "minute":
+    if marked:
         parts.append(deferred_sql(q, a))
     return " UNION ALL ".join(parts), a.values
 
@@ -267,11 +277,13 @@ async def fetch_series(
             a = _Args()
             rows = await conn.fetch(_raw_sql(q, a, None), *a.values, timeout=timeout_s)
         else:
-            sql, args = rollup_sql(q)
             # One snapshot for the watermark and the rows, so each event is read once: in
             # the rollups or among the raw events after the watermark.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                args[0], minute_since = await read_state(conn, q.customer_id)
+                watermark, minute_since = await read_state(conn, q.customer_id)
+                marked = q.interval != "minute" and await any_marked(conn, q, timeout_s)
+                sql, args = rollup_sql(q, marked)
+                args[0] = watermark
                 if q.interval == "minute":
                     args[1] = split(q, minute_since)
                 rows = await conn.fetch(sql, *args, timeout=timeout_s)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from analytics.store.deferred import dirty_hours
+from analytics.store.deferred import any_marked, dirty_hours
 from analytics.store.dimensions import dimension_expr
 from analytics.store.identities import IDENTIFIED_USER, IDENTITY_JOIN
 from analytics.store.series import MetricsQuery, read_watermark
@@ -59,14 +59,19 @@ async def fetch_uniques(
     async with pool.acquire(timeout=timeout_s) as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             mark = await read_watermark(conn, q.customer_id)
+            marked = await any_marked(conn, q, timeout_s)
             # The hours' rollups, and the raw events of the deferred hours (which those
             # lack), counted only up to the bound: a bound on the size, not the answer.
+            deferred = (
+                f"(SELECT count(*) FROM (SELECT FROM {dirty_hours('$1', '$2', '$4', '$5')}"
+                " LIMIT $7) AS bounded)"
+                if marked
+                else "$7 * 0"
+            )
             events = await conn.fetchval(
                 "SELECT (SELECT coalesce(sum(count), 0) FROM rollup_hour WHERE customer_id = $1"
                 " AND name = $2 AND dim = $3 AND bucket >= $4 AND bucket < $5"
-                " AND ($6::text IS NULL OR dim_value = $6))"
-                f" + (SELECT count(*) FROM (SELECT FROM {dirty_hours('$1', '$2', '$4', '$5')}"
-                " LIMIT $7) AS bounded)",
+                f" AND ($6::text IS NULL OR dim_value = $6)) + {deferred}",
                 q.customer_id, q.name, dim, q.start, q.end, value, exact_below + 1,
                 timeout=timeout_s,
             )  # fmt: skip
@@ -94,10 +99,12 @@ async def fetch_uniques(
             raw = []
             # The events not folded, then every event of the deferred hours (whose sketches
             # lack some: store/deferred.py); a user read twice is merged once.
-            for source, unfolded in (
-                ("events e", "AND e.xid >= $5::text::xid8"),
-                (dirty_hours("$1", "$2", "$3", "$4", alias="e"), "AND $5::text IS NOT NULL"),
-            ):
+            sources = [("events e", "AND e.xid >= $5::text::xid8")]
+            if marked:
+                sources.append(
+                    (dirty_hours("$1", "$2", "$3", "$4", alias="e"), "AND $5::text IS NOT NULL")
+                )
+            for source, unfolded in sources:
                 raw += await conn.fetch(
                     f"""SELECT date_trunc($6, e.ts, 'UTC') AS b, {group} AS g,
                                array_agg(DISTINCT {IDENTIFIED_USER}) AS users
