@@ -196,3 +196,20 @@ async def test_events_below_the_minute_horizon_reach_the_hour_rollups_either_way
     want = await refold_without_deferring(pool)
     for table in ("rollup_hour", "rollup_pair_hour", "rollup_users_hour"):
         assert got[table] == want[table]
+
+
+async def test_a_few_late_events_of_full_hours_are_folded_as_they_come(pool):
+    """A backlog's fold defers an old hour only when it brings a good share of the hour's
+    events (`DEFER_SHARE`): a trickle of late events into hours already folded is added to
+    their rollups at once, since a rebuild would read each whole hour again for them."""
+    rng = random.Random(61)
+    await store(pool, random_events(rng, 4000))
+    async with pool.acquire() as conn:
+        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 10_000) == 0
+        late = random_events(rng, 100)
+        await store(pool, [(*r[:3], f"late-{i}", *r[4:]) for i, r in enumerate(late)])
+        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 30) == 0  # a backlog
+        assert await marked_hours(conn) == 0
+    await check_every_shape(pool)
+    total = await pool.fetchval("SELECT sum(count) FROM rollup_hour WHERE dim = ''")
+    assert total == 4100

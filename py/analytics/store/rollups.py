@@ -141,19 +141,16 @@ def fold_sql(
     pair_rows = ", ".join(
         f"('{a}', '{b}', f.{column[a]}, f.{column[b]})" for a, b in pairs(dimensions)
     )
-    # Events kept for the hour-grain tables (all but the deferred ones).
-    kept = f"coalesce({defer}, '-infinity'::timestamptz)" if defer else "'-infinity'::timestamptz"
-    lateral = UA_LATERAL if ua else ""
-    values, reads = extracted, lateral
-    if defer:
-        # Events before both the deferral and the minute horizon only mark their hour: their
-        # values are not read from the JSON (NULL).
-        needed = f"CASE WHEN {defer} IS NOT NULL THEN least(({minute_since}), {defer}) END"
-        values = ", ".join(f"x.{column[d]}" for d in dims)
-        reads = (
-            f"LEFT JOIN LATERAL (SELECT {extracted} FROM (SELECT) AS one {lateral}"
-            f" WHERE e.ts >= coalesce({needed}, '-infinity')) AS x ON true"
+
+    def kept(alias: str, ts: str) -> str:
+        """AND: the row's hour is not deferred (kept for the hour-grain tables)."""
+        if not defer:
+            return ""
+        return (
+            f" AND NOT EXISTS (SELECT FROM deferred h WHERE h.customer_id = {alias}.customer_id"
+            f" AND h.name = {alias}.name AND h.hour = date_trunc('hour', {ts}, 'UTC'))"
         )
+
     n, s = ("sum(f.n)", "sum(f.s)")
     if sign < 0:
         n, s = f"-{n}", f"-{s}"
@@ -166,8 +163,8 @@ def fold_sql(
         # Read once, by `fresh`, unless `also` reads it too: then kept (MATERIALIZED); else
         # inlined, so the events' JSON is not copied into a tuplestore on the way.
         f"src AS {'MATERIALIZED' if also else 'NOT MATERIALIZED'} ({source})",
-        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {values}"
-        f"{', e.user_id' if users else ''} FROM src e {reads})",
+        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
+        f"{', e.user_id' if users else ''} FROM src e{' ' + UA_LATERAL if ua else ''})",
         # The events per minute and combination of values, before each is spread over the
         # rollup rows it adds to: current events share combinations, so the spreading below
         # handles a fraction of the rows (a backfill's events mostly keep their own).
@@ -181,14 +178,32 @@ def fold_sql(
            {n} AS n, {s} AS s
     FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
     WHERE d.val IS NOT NULL AND f.minute >= ({minute_since}) GROUP BY 1, 2, 3, 4, 5)""",
+    ]
+    if defer:
+        # The old hours (before `defer`) to mark instead: those this fold brings a good share
+        # of the events to (DEFER_SHARE of what the hour holds with them: a backfill's), and
+        # those marked already. A few late events of a full hour are folded as they come: a
+        # rebuild would read the whole hour again for them.
+        ctes.append(
+            f"""deferred AS MATERIALIZED (
+    SELECT f.customer_id, f.name, f.hour FROM (
+        SELECT customer_id, name, date_trunc('hour', minute, 'UTC') AS hour, sum(n) AS n
+        FROM g WHERE minute < {defer} GROUP BY 1, 2, 3) f
+    LEFT JOIN rollup_hour r ON r.customer_id = f.customer_id AND r.name = f.name
+        AND r.dim = '' AND r.dim_value = '' AND r.bucket = f.hour
+    WHERE f.n >= {DEFER_SHARE} * (coalesce(r.count, 0) + f.n) OR EXISTS (
+        SELECT FROM rollup_dirty d
+        WHERE d.customer_id = f.customer_id AND d.name = f.name AND d.hour = f.hour))"""
+        )
+    ctes += [
         f"""s_hour AS (
     SELECT customer_id, name, dim, dim_value, date_trunc('hour', bucket, 'UTC') AS bucket,
            sum(n) AS n, sum(s) AS s
-    FROM s_minute WHERE bucket >= {kept} GROUP BY 1, 2, 3, 4, 5
+    FROM s_minute WHERE true{kept("s_minute", "bucket")} GROUP BY 1, 2, 3, 4, 5
     UNION ALL
     SELECT f.customer_id, f.name, d.dim, d.val, date_trunc('hour', f.minute, 'UTC'), {n}, {s}
     FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL AND f.minute < ({minute_since}) AND f.minute >= {kept}
+    WHERE d.val IS NOT NULL AND f.minute < ({minute_since}){kept("f", "f.minute")}
     GROUP BY 1, 2, 3, 4, 5)""",
     ]
     if pair_rows:
@@ -197,20 +212,19 @@ def fold_sql(
     SELECT f.customer_id, f.name, p.da AS dim_a, p.db AS dim_b, p.va AS value_a,
            p.vb AS value_b, date_trunc('hour', f.minute, 'UTC') AS bucket, {n} AS n, {s} AS s
     FROM g f CROSS JOIN LATERAL (VALUES {pair_rows}) AS p(da, db, va, vb)
-    WHERE p.va IS NOT NULL AND p.vb IS NOT NULL AND f.minute >= {kept}
+    WHERE p.va IS NOT NULL AND p.vb IS NOT NULL{kept("f", "f.minute")}
     GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
         )
     results = ["(SELECT count(*) FROM fresh) AS events", *also]
     if users:
         values = [f"f.{column[d]}" for d in dims]
-        from_where = f"FROM fresh f {identity_join('f')} WHERE f.ts >= {kept}"
+        from_where = f"FROM fresh f {identity_join('f')} WHERE true{kept('f', 'f.ts')}"
         results.append(f"{users_json('f', values, from_where)} AS users")
     if defer:
         ctes.append(
-            f"""dirty AS (
+            """dirty AS (
     INSERT INTO rollup_dirty (customer_id, name, hour)
-    SELECT DISTINCT customer_id, name, date_trunc('hour', minute, 'UTC') FROM g
-    WHERE minute < {kept} ORDER BY 1, 2, 3
+    SELECT customer_id, name, hour FROM deferred ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING RETURNING 1)"""
         )
         results.append("(SELECT count(*) FROM dirty) AS deferred")
@@ -301,6 +315,8 @@ FOLD_MAX_EVENTS = 2_000
 #: each landed in hour, pair and sketch rows of their own, fold after fold; rebuilt, an
 #: hour's events share them. Current events (this hour and the last) are folded as they come.
 DEFER_AFTER = timedelta(hours=1)
+#: An old hour is deferred when the fold brings at least this share of its events.
+DEFER_SHARE = 0.25
 
 
 @dataclass(frozen=True)
