@@ -38,6 +38,9 @@ BACKLOG_MAX_EVENTS = 50_000
 #: least every `REBUILD_EVERY_S`, so a backfill that never ends does not leave its hours to
 #: the raw events for ever.
 REBUILD_EVERY_S = 30.0
+#: Rebuilds run side by side (each its own marks and connection): a rebuild is one
+#: PostgreSQL backend's work, and after a backfill is acknowledged the cores are free.
+REBUILD_CONNECTIONS = 2
 
 
 class RollupJob:
@@ -77,16 +80,28 @@ class RollupJob:
         return folded
 
     async def rebuild_once(self) -> Rebuilt | None:
-        """One rebuild of the oldest deferred hours (None when another process holds the
-        lock)."""
-        with anyio.fail_after(self._timeout_s):
+        """Rebuild the oldest deferred hours, `REBUILD_CONNECTIONS` rebuilds side by side
+        (None when a fold or an erasure holds the lock)."""
+        done: list[Rebuilt | None] = []
+
+        async def one() -> None:
             async with self._pool.acquire() as conn:
-                rebuilt = await self._rebuilder.rebuild(conn, self._timeout_s, self._cpu)
+                done.append(await self._rebuilder.rebuild(conn, self._timeout_s, self._cpu))
+
+        with anyio.fail_after(self._timeout_s):
+            async with anyio.create_task_group() as tg:
+                for _ in range(REBUILD_CONNECTIONS):
+                    tg.start_soon(one)
         self._rebuilt_at = time.monotonic()
-        if rebuilt is not None:
-            self._marked = rebuilt.more
-            if rebuilt.hours:
-                prometheus.rollup_rebuilt_hours.inc(rebuilt.hours)
+        ran = [r for r in done if r is not None]
+        if not ran:
+            return None
+        rebuilt = Rebuilt(
+            sum(r.hours for r in ran), sum(r.events for r in ran), any(r.more for r in ran)
+        )
+        self._marked = rebuilt.more
+        if rebuilt.hours:
+            prometheus.rollup_rebuilt_hours.inc(rebuilt.hours)
         return rebuilt
 
     async def run(self) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 
+from analytics.store.citus import is_citus
 from analytics.store.rollups import FOLD_LOCK, fold_sql
 from analytics.store.sketches import Cpu, merge_users
 
@@ -37,9 +38,10 @@ _SOURCE = """SELECT e.customer_id, e.name, e.ts, e.value, e.properties, e.flags,
         AND e.ts >= d.hour AND e.ts < d.hour + interval '1 hour'
     WHERE e.xid < $4::text::xid8"""
 
-#: The oldest marks first (a mark's hour is rebuilt whole, whatever its size).
+#: The oldest marks first (a mark's hour is rebuilt whole, whatever its size), none that a
+#: rebuild running beside this one took.
 _PICK_SQL = """SELECT customer_id, name, hour FROM rollup_dirty
-    ORDER BY marked_at, customer_id, name, hour LIMIT $1"""
+    ORDER BY marked_at, customer_id, name, hour LIMIT $1 FOR UPDATE SKIP LOCKED"""
 
 _UNMARK_SQL = """DELETE FROM rollup_dirty d
     USING unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS k(customer_id, name, hour)
@@ -70,6 +72,7 @@ class Rebuilder:
         self.dims = sorted(dimensions)
         #: Marks the next rebuild takes (`REBUILD_S`).
         self.hours = FIRST_HOURS
+        self._citus: bool | None = None
         # Hour-grain rows only (no minute row: they were written by the fold), replacing.
         self.sql = fold_sql(
             dimensions,
@@ -83,7 +86,8 @@ class Rebuilder:
         self, conn: asyncpg.Connection, timeout_s: float, cpu: Cpu, max_hours: int | None = None
     ) -> Rebuilt | None:
         """Rebuild the rollups of the (at most `max_hours`, else `hours`) oldest marked hours
-        and unmark them; None when another process holds the job's lock."""
+        and unmark them; None when a fold or an erasure holds the job's lock. Rebuilds on
+        other connections may run at the same time: each takes marks the others did not."""
         started = time.perf_counter()
         rebuilt = await self._rebuild(conn, timeout_s, cpu, max_hours or self.hours)
         if max_hours is None and rebuilt is not None and rebuilt.more:
@@ -94,19 +98,22 @@ class Rebuilder:
     async def _rebuild(
         self, conn: asyncpg.Connection, timeout_s: float, cpu: Cpu, max_hours: int
     ) -> Rebuilt | None:
+        if self._citus is None:
+            self._citus = await is_citus(conn)
+        if self._citus:
+            return Rebuilt(0, 0, False)  # nothing is deferred there (module doc)
         async with conn.transaction():
+            # Shared: rebuilds of other marks may run beside this one (each its own hours'
+            # rows); a fold or an erasure (exclusive) neither runs meanwhile nor starts.
             locked = await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK, timeout=timeout_s
+                "SELECT pg_try_advisory_xact_lock_shared($1)", FOLD_LOCK, timeout=timeout_s
             )
             if not locked:
                 return None
-            # Locked like a fold locks it: an erasure waits (it holds the same lock anyway).
-            mark = await conn.fetchval(
-                "SELECT watermark::text FROM rollup_state FOR UPDATE", timeout=timeout_s
-            )
             picked = await conn.fetch(_PICK_SQL, max_hours, timeout=timeout_s)
             if not picked:
                 return Rebuilt(0, 0, False)
+            mark = await conn.fetchval("SELECT watermark::text FROM rollup_state")
             keys: list[list[Any]] = [list(c) for c in zip(*picked, strict=True)]
             row = await conn.fetchrow(self.sql, *keys, mark, timeout=timeout_s)
             if row["events"]:
