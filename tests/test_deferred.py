@@ -19,7 +19,7 @@ from analytics.pipeline.rollup_job import RollupJob
 from analytics.settings import DEFAULT_DIMENSIONS
 from analytics.store.deferred import Rebuilder, marked_hours
 from analytics.store.erase import erase_user
-from analytics.store.rollups import Folder, pending_events
+from analytics.store.rollups import FOLD_MAX_EVENTS, Folder, pending_events
 from analytics.store.series import MetricsQuery, fetch_series
 from analytics.store.sketches import inline
 from analytics.store.uniques import fetch_uniques
@@ -177,7 +177,7 @@ async def test_the_job_rebuilds_the_hours_a_backlog_deferred(pool):
     assert total == 5000
 
 
-@pytest.mark.parametrize("max_events", [10_000, 150], ids=["caught-up", "backlog"])
+@pytest.mark.parametrize("max_events", [FOLD_MAX_EVENTS, 150], ids=["caught-up", "backlog"])
 async def test_events_below_the_minute_horizon_reach_the_hour_rollups_either_way(pool, max_events):
     """With a minute horizon (every event here is older), a caught-up fold adds its events to
     the hour rollups and a backlog's folds mark them for the rebuild: both end with every
@@ -205,7 +205,7 @@ async def test_a_few_late_events_of_full_hours_are_folded_as_they_come(pool):
     rng = random.Random(61)
     await store(pool, random_events(rng, 4000))
     async with pool.acquire() as conn:
-        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 10_000) == 0
+        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS, defer=False), 10_000) == 0
         late = random_events(rng, 100)
         await store(pool, [(*r[:3], f"late-{i}", *r[4:]) for i, r in enumerate(late)])
         assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 30) == 0  # a backlog

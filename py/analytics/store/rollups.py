@@ -308,14 +308,15 @@ MIN_MINUTE_HORIZON_H = 25
 #: (the rollup job sizes folds of a backlog up from this: pipeline/rollup_job.py).
 FOLD_MAX_EVENTS = 2_000
 
-#: A fold of a backlog (one that leaves events for the next) leaves the events of hours
-#: older than this (before the hour this long before the current one) out of the hour-grain
-#: rollups and sketches: their hours are marked and rebuilt once each, from all their events,
-#: when the backlog is folded (store/deferred.py). A backfill's events, spread over weeks,
-#: each landed in hour, pair and sketch rows of their own, fold after fold; rebuilt, an
-#: hour's events share them. Current events (this hour and the last) are folded as they come.
+#: A fold of a backlog leaves the events of old hours (before the hour this long before the
+#: current one) out of the hour-grain rollups and sketches when it brings at least
+#: `DEFER_SHARE` of the hour's events (or the hour is marked already): the hour is marked,
+#: and rebuilt once from all its events by the job (store/deferred.py) once the backlog is
+#: folded. A backfill's events, spread over weeks, each landed in hour, pair and sketch rows
+#: of their own, fold after fold; rebuilt, an hour's events share them. Current events (this
+#: hour and the last), and a few late events of an hour that holds many, are folded as they
+#: come: a rebuild reads at most 1 / DEFER_SHARE times the events that marked its hour.
 DEFER_AFTER = timedelta(hours=1)
-#: An old hour is deferred when the fold brings at least this share of its events.
 DEFER_SHARE = 0.25
 
 
@@ -400,7 +401,8 @@ class Folder:
                 )
                 high = bound if int(bound) > int(first) else str(int(first) + 1)
             defer = None
-            if more and self.defer and not self._citus:
+            # Of a backlog: it leaves events for the next, or the job sized it up for one.
+            if (more or max_events > FOLD_MAX_EVENTS) and self.defer and not self._citus:
                 hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
                 defer = hour - DEFER_AFTER
             row = await conn.fetchrow(self.sql, low, high, defer, timeout=timeout_s)
