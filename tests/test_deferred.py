@@ -213,3 +213,20 @@ async def test_a_few_late_events_of_full_hours_are_folded_as_they_come(pool):
     await check_every_shape(pool)
     total = await pool.fetchval("SELECT sum(count) FROM rollup_hour WHERE dim = ''")
     assert total == 4100
+
+
+async def test_a_backfill_into_hours_already_full_is_deferred_whole(pool):
+    """A fold mostly of old events (`BACKFILL_*`) marks every old hour it touches, however
+    many events the hour holds already: the rebuild reads each once, instead of each fold
+    adding a few events to rows of their own."""
+    rng = random.Random(67)
+    await store(pool, random_events(rng, 4000))
+    async with pool.acquire() as conn:
+        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS, defer=False), 10_000) == 0
+        more = random_events(rng, 2500)
+        await store(pool, [(*r[:3], f"more-{i}", *r[4:]) for i, r in enumerate(more)])
+        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 2500) > 100
+        await check_every_shape(pool)
+        await rebuild_all(conn, max_hours=50)
+    await check_every_shape(pool)
+    assert await tables(pool) == await refold_without_deferring(pool)

@@ -181,9 +181,10 @@ def fold_sql(
     ]
     if defer:
         # The old hours (before `defer`) to mark instead: those this fold brings a good share
-        # of the events to (DEFER_SHARE of what the hour holds with them: a backfill's), and
-        # those marked already. A few late events of a full hour are folded as they come: a
-        # rebuild would read the whole hour again for them.
+        # of the events to (DEFER_SHARE of what the hour holds with them), every one when
+        # the fold is mostly a backfill's (BACKFILL_*), and those marked already. A few late
+        # events of a full hour are folded as they come: a rebuild would read the whole
+        # hour again for them.
         ctes.append(
             f"""deferred AS MATERIALIZED (
     SELECT f.customer_id, f.name, f.hour FROM (
@@ -191,7 +192,10 @@ def fold_sql(
         FROM g WHERE minute < {defer} GROUP BY 1, 2, 3) f
     LEFT JOIN rollup_hour r ON r.customer_id = f.customer_id AND r.name = f.name
         AND r.dim = '' AND r.dim_value = '' AND r.bucket = f.hour
-    WHERE f.n >= {DEFER_SHARE} * (coalesce(r.count, 0) + f.n) OR EXISTS (
+    WHERE f.n >= {DEFER_SHARE} * (coalesce(r.count, 0) + f.n)
+       OR (SELECT sum(n) FROM g WHERE minute < {defer})
+          >= greatest({BACKFILL_EVENTS}, {BACKFILL_SHARE} * (SELECT sum(n) FROM g))
+       OR EXISTS (
         SELECT FROM rollup_dirty d
         WHERE d.customer_id = f.customer_id AND d.name = f.name AND d.hour = f.hour))"""
         )
@@ -318,6 +322,11 @@ FOLD_MAX_EVENTS = 2_000
 #: come: a rebuild reads at most 1 / DEFER_SHARE times the events that marked its hour.
 DEFER_AFTER = timedelta(hours=1)
 DEFER_SHARE = 0.25
+#: A fold whose old events are at least this many and this share of its events is a
+#: backfill's: it defers every old hour it touches, however full (a backfill sent while the
+#: job keeps up would otherwise fold inline into hours its own first folds filled).
+BACKFILL_EVENTS = FOLD_MAX_EVENTS
+BACKFILL_SHARE = 0.5
 
 
 @dataclass(frozen=True)
