@@ -259,6 +259,7 @@ def seed_rows(dsn: str, customer_id: int) -> None:
             for t in ("rollup_pair_hour",)
         ),
         "INSERT INTO rollup_users_hour VALUES ($1, 'e', '', '', date_trunc('hour', now()), 'x')",
+        "INSERT INTO rollup_dirty VALUES ($1, 'e', date_trunc('hour', now()), now())",
         "INSERT INTO usage_outbox (customer_id, window_start, count) VALUES ($1, now(), 1)",
         "INSERT INTO usage_dispatch (customer_id, window_start, window_end, count,"
         " idempotency_key, created_at) VALUES ($1, now(), now(), 1, 'x', now())",
