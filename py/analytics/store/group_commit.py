@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -61,9 +62,11 @@ _ARRAY_OF = {
 
 
 #: The columns the arrays form's `staging` CTE carries: what the dedup, the winners' sort and
-#: the notifications read. The winners take the others straight from their arrays (by `ord`),
-#: so the wide ones (the properties) are neither copied into the CTE nor hashed for a join
-#: back to it, and jsonb is parsed for inserted rows only.
+#: the notifications read (`ts` as it travels, µs since the epoch: `ts_us`, the range the
+#: notifications send, with no timestamptz to convert back). The winners take the others
+#: straight from their arrays (by `ord`), so the wide ones (the properties) are neither
+#: copied into the CTE nor hashed for a join back to it, and jsonb is parsed for inserted
+#: rows only.
 _ARRAYS_STAGED = ("customer_id", "dedup_key", "name", "ts")
 
 
@@ -81,7 +84,9 @@ def _staging_from_arrays() -> str:
     params = ", ".join(_from_array(column) for column in _ARRAYS_STAGED)
     names = ", ".join(_ARRAYS_STAGED)
     reads = ", ".join(
-        f"{_ARRAY_OF[dict(COPY_SCHEMA)[column]][1].format('u.' + column)} AS {column}"
+        "u.ts AS ts_us"
+        if column == "ts"
+        else f"{_ARRAY_OF[dict(COPY_SCHEMA)[column]][1].format('u.' + column)} AS {column}"
         for column in _ARRAYS_STAGED
     )
     return (
@@ -122,20 +127,31 @@ def commit_sql(*, enrich: bool = True, arrays: bool = False) -> str:
     at 1,000-5,000 rows a commit, `python -m benches.writer_bench`). Dedup rows are inserted
     in key order, so concurrent writers (lanes, worker processes) lock them in the same
     order and cannot deadlock. Returns (req, inserted) for each request that inserted at
-    least one row, and a row with req -1 (the count of cache-invalidation notifications sent).
+    least one row, and a row with req -1 (the count of cache-invalidation notifications sent);
+    the arrays form returns (req) for each inserted row instead (see `write_group`).
 
     The arrays form is the same statement with fewer nodes for its few rows (each node costs
     every execution its setup): its `ord` starts at 1, so it needs no `base`; its winners
     carry the narrow columns and read the wide ones from the arrays, so no join back to
-    staging; a key repeated in the load is left to ON CONFLICT instead of a DISTINCT.
+    staging; a key repeated in the load is left to ON CONFLICT instead of a DISTINCT; and
+    it counts nothing (no aggregates to set up: the caller counts its few rows).
     """
     if arrays:
         head = _staging_from_arrays()
-        distinct, rel, winners_from = "", "s.ord - 1 AS rel, s.dedup_key, s.name, s.ts", "staging s"
+        distinct, rel, winners_from = (
+            "",
+            "s.ord - 1 AS rel, s.dedup_key, s.name, s.ts_us",
+            "staging s",
+        )
         row = {
             c: f"w.{c}" if c in _ARRAYS_STAGED else _from_array(c, "w.ord") for c in COPY_COLUMNS
         }
+        row["ts"] = _ARRAY_OF["timestamptz"][1].format("w.ts_us")
         row["customer_id"], ins_from = "w.customer_id", "winners w"
+        ts_range = "min(ts_us), max(ts_us)"
+        counts = """SELECT width_bucket(rel, $2::bigint[]) - 1 AS req FROM winners
+UNION ALL  -- a SELECT in a CTE runs only when read: this makes it run (pg_notify reads as '')
+SELECT -1 FROM notified WHERE sent IS NULL"""
     else:
         head = (
             "base AS MATERIALIZED (  -- once, not again for every row as inlined\n"
@@ -148,6 +164,14 @@ def commit_sql(*, enrich: bool = True, arrays: bool = False) -> str:
         )
         row = {c: f"s.{c}" for c in COPY_COLUMNS} | {"customer_id": "w.customer_id"}
         ins_from = "winners w JOIN staging s ON s.ord = w.ord"
+        ts_range = (
+            "(extract(epoch FROM min(ts)) * 1e6)::bigint,\n"
+            "               (extract(epoch FROM max(ts)) * 1e6)::bigint"
+        )
+        counts = """SELECT width_bucket(rel, $2::bigint[]) - 1 AS req, count(*) AS inserted
+FROM winners GROUP BY 1
+UNION ALL  -- a SELECT in a CTE runs only when read: this row (req -1) makes it run
+SELECT -1, count(*) FROM notified"""
     # The enrichment flag as it stands at this commit, kept with the events (see UNENRICHED).
     if not enrich:
         row["flags"] = f"{row['flags']} | {UNENRICHED}"
@@ -183,14 +207,10 @@ WITH {head}, fresh AS (
     -- materializes the CTE, and a column cannot be of type void.)
     SELECT pg_notify('{INVALIDATE}', json_build_array(
                customer_id::bigint, name,
-               (extract(epoch FROM min(ts)) * 1e6)::bigint,
-               (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)::text AS sent
+               {ts_range})::text)::text AS sent
     FROM staging GROUP BY customer_id, name
 )
-SELECT width_bucket(rel, $2::bigint[]) - 1 AS req, count(*) AS inserted
-FROM winners GROUP BY 1
-UNION ALL  -- a SELECT in a CTE runs only when read: this row (req -1) makes it run
-SELECT -1, count(*) FROM notified
+{counts}
 """
 
 
@@ -245,6 +265,8 @@ async def write_group(
         if rows <= ARRAY_ROWS_MAX:
             columns = copy_columns(b"".join(payloads))
             result = await conn.fetch(statements.arrays, now, offsets, usage_window, *columns)
+            inserted = Counter(r["req"] for r in result if r["req"] >= 0)
+            return sorted(inserted.items())
         else:
             # A buffer, not a file-like object: asyncpg reads a file-like source through
             # `loop.run_in_executor` (a thread hop per 512 KB, outside our named limiters);
@@ -259,4 +281,4 @@ async def write_group(
         if refuses_rows(e):
             raise RowsRefused(f"{type(e).__name__}: {e}") from e
         raise
-    return [(r["req"], r["inserted"]) for r in result if r["req"] >= 0]
+    return sorted((r["req"], r["inserted"]) for r in result if r["req"] >= 0)
