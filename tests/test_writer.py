@@ -168,29 +168,60 @@ async def test_requests_arriving_during_a_linger_share_one_commit_whatever_the_l
 @pytest.mark.anyio
 async def test_both_commit_forms_store_the_same(fresh_dsn, monkeypatch):
     """Small commits go as column arrays, large ones through COPY and the staging table: the
-    same requests must leave the same events, per-request counts and (once folded) rollups
-    either way."""
+    same requests must leave the same events, per-request counts, cache invalidations and
+    (once folded) rollups either way."""
     from analytics.store import group_commit
+    from analytics.store.notify import INVALIDATE
 
     settings = Settings(database_url=fresh_dsn)
     conn = await connect(fresh_dsn, settings)
+    listener = await connect(fresh_dsn, settings)
+    notified: list[list] = []
+    both = anyio.Event()  # (customer, name) for the commit's two names
+
+    def on_notification(*args: object) -> None:
+        notified.append(json.loads(str(args[-1])))
+        if len(notified) == 2:
+            both.set()
+
+    await listener.add_listener(INVALIDATE, on_notification)
     try:
         await group_commit.prepare_connection(conn)
         statements = group_commit.CommitStatements.build()
         window = timedelta(seconds=60)
+        ts = int(time.time() * 1000)
         body = json.dumps(
             {
                 "events": [
-                    {"name": "v", "event_id": "1", "properties": {"path": "/a", "country": "DE"}},
-                    {"name": "v", "event_id": "2", "value": 2.5, "properties": {"path": "/b"}},
-                    {"name": "v", "event_id": "1", "properties": {"path": "/dup"}},  # in-load dup
-                    {"name": "w", "user_id": "u", "ts": int(time.time() * 1000)},
+                    {
+                        "name": "v",
+                        "event_id": "1",
+                        "ts": ts,
+                        "properties": {"path": "/a", "country": "DE"},
+                    },
+                    {
+                        "name": "v",
+                        "event_id": "2",
+                        "ts": ts - 5,
+                        "value": 2.5,
+                        "properties": {"path": "/b"},
+                    },
+                    {
+                        "name": "v",
+                        "event_id": "1",
+                        "ts": ts - 3,
+                        "properties": {"path": "/dup"},
+                    },  # in-load dup
+                    {"name": "w", "user_id": "u", "ts": ts},
+                    {"name": "w", "user_id": "u", "ts": ts - 60_000, "value": 1},
                 ]
             }
         ).encode()
         results = {}
         for form, limit in (("arrays", 1_000), ("staged", 0)):
             monkeypatch.setattr(group_commit, "ARRAY_ROWS_MAX", limit)
+            notified.clear()
+            both = anyio.Event()
             customer = (await customer_with_keys(conn, form, datetime.now(UTC))).customer_id
             batch = normalize_batch(body, time.time_ns() // 1000, customer_id=str(customer))
             second = normalize_batch(body, time.time_ns() // 1000, customer_id=str(customer))
@@ -201,7 +232,7 @@ async def test_both_commit_forms_store_the_same(fresh_dsn, monkeypatch):
             )  # fmt: skip
             events = await conn.fetch(
                 "SELECT name, event_id, user_id, value, properties, flags FROM events"
-                " WHERE customer_id = $1 ORDER BY name, event_id",
+                " WHERE customer_id = $1 ORDER BY name, event_id, ts",
                 customer,
             )
             assert await Folder(settings.dimensions).fold(conn, 5.0) is not None
@@ -210,13 +241,26 @@ async def test_both_commit_forms_store_the_same(fresh_dsn, monkeypatch):
                 " WHERE customer_id = $1 ORDER BY 1, 2, 3",
                 customer,
             )
-            results[form] = (counts, [tuple(r) for r in events], [tuple(r) for r in rollups])
+            with anyio.fail_after(5):
+                await both.wait()
+            assert {n[0] for n in notified} == {customer}
+            invalidations = sorted(tuple(n[1:]) for n in notified)
+            results[form] = (
+                counts, [tuple(r) for r in events], [tuple(r) for r in rollups], invalidations
+            )  # fmt: skip
         assert results["arrays"] == results["staged"]
-        counts, events, rollups = results["arrays"]
-        assert counts == [(0, 3)]  # the first request's 3 distinct events; the retry adds none
-        assert [e[:2] for e in events] == [("v", "1"), ("v", "2"), ("w", None)]
+        counts, events, rollups, invalidations = results["arrays"]
+        assert counts == [(0, 4)]  # the first request's 4 distinct events; the retry adds none
+        assert [e[:2] for e in events] == [("v", "1"), ("v", "2"), ("w", None), ("w", None)]
         assert ("v", "path", "/a", 1, 0.0) in rollups and ("v", "", "", 2, 2.5) in rollups
+        # One per name loaded, with its event-time range in µs: exact either way.
+        assert [n[0] for n in invalidations] == ["v", "w"]
+        assert invalidations == [
+            ("v", (ts - 5) * 1000, ts * 1000),
+            ("w", (ts - 60_000) * 1000, ts * 1000),
+        ]
     finally:
+        await listener.close()
         await conn.close()
 
 

@@ -21,7 +21,10 @@ NULLABLE = frozenset({"event_id", "user_id", "value"})
 
 
 def _json_text(obj: dict[str, Any]) -> bytes:
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """Compact JSON, its keys in jsonb's order (shorter first, one length bytewise), as the
+    crate writes them (README, column 9)."""
+    ordered = dict(sorted(obj.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode())))
+    text = json.dumps(ordered, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return b"\x01" + text.encode()
 
 

@@ -263,11 +263,23 @@ fn check_properties(raw: &[u8], limits: &Limits) {
     let (&version, json) = raw.split_first().expect("jsonb version byte");
     assert_eq!(version, 1);
     let value: serde_json::Value = serde_json::from_slice(json).expect("jsonb text is JSON");
-    // serde_json's map is sorted by bytes and holds each key once: written back compactly,
-    // it is the same text only if the keys were unique, in order, and nothing else differs.
-    let rewritten = serde_json::to_vec(&value).expect("a JSON value");
-    assert!(rewritten == json, "{}", String::from_utf8_lossy(json));
     let object = value.as_object().expect("properties are an object");
+    // serde_json's map is sorted by bytes and holds each key once: written back compactly in
+    // jsonb's key order (a stable sort by length), it is the same text only if the keys were
+    // unique, in that order, and nothing else differs.
+    let mut entries: Vec<(&String, &serde_json::Value)> = object.iter().collect();
+    entries.sort_by_key(|(key, _)| key.len());
+    let mut rewritten = b"{".to_vec();
+    for (i, (key, leaf)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            rewritten.push(b',');
+        }
+        serde_json::to_writer(&mut rewritten, key).expect("a JSON string");
+        rewritten.push(b':');
+        serde_json::to_writer(&mut rewritten, leaf).expect("a JSON value");
+    }
+    rewritten.push(b'}');
+    assert!(rewritten == json, "{}", String::from_utf8_lossy(json));
     assert!(object.len() <= limits.max_properties);
     for (key, leaf) in object {
         assert!(!key.is_empty() && !key.contains('\0'));

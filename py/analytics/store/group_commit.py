@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -60,21 +61,45 @@ _ARRAY_OF = {
 }
 
 
+#: The columns the arrays form's `staging` CTE carries: what the dedup, the winners' sort and
+#: the notifications read (`ts` as it travels, µs since the epoch: `ts_us`, the range the
+#: notifications send, with no timestamptz to convert back). The winners take the others
+#: straight from their arrays (by `ord`), so the wide ones (the properties) are neither
+#: copied into the CTE nor hashed for a join back to it, and jsonb is parsed for inserted
+#: rows only.
+_ARRAYS_STAGED = ("customer_id", "dedup_key", "name", "ts")
+
+
+def _from_array(column: str, at: str | None = None) -> str:
+    """How the arrays form reads `column`: its whole array (for `unnest`), or the element at
+    `at`, as the staging table's type."""
+    pg_type = dict(COPY_SCHEMA)[column]
+    array = f"${4 + COPY_COLUMNS.index(column)}::{_ARRAY_OF[pg_type][0]}"
+    return array if at is None else _ARRAY_OF[pg_type][1].format(f"({array})[{at}]")
+
+
 def _staging_from_arrays() -> str:
-    """A `staging` CTE shaped like the staging table, over `unnest` of parameters $4.. (one
-    array per COPY column, as `copy_columns` gives them)."""
-    params = ", ".join(
-        f"${4 + i}::{_ARRAY_OF[pg_type][0]}" for i, (_, pg_type) in enumerate(COPY_SCHEMA)
-    )
-    names = ", ".join(COPY_COLUMNS)
+    """A `staging` CTE of the `_ARRAYS_STAGED` columns and `ord` (from 1), over `unnest` of
+    their parameters (one array per COPY column from $4, as `copy_columns` gives them)."""
+    params = ", ".join(_from_array(column) for column in _ARRAYS_STAGED)
+    names = ", ".join(_ARRAYS_STAGED)
     reads = ", ".join(
-        f"{_ARRAY_OF[pg_type][1].format('u.' + column)} AS {column}"
-        for column, pg_type in COPY_SCHEMA
+        "u.ts AS ts_us"
+        if column == "ts"
+        else f"{_ARRAY_OF[dict(COPY_SCHEMA)[column]][1].format('u.' + column)} AS {column}"
+        for column in _ARRAYS_STAGED
     )
     return (
         f"staging AS MATERIALIZED (\n    SELECT {reads}, u.ord\n"
         f"    FROM unnest({params}) WITH ORDINALITY AS u({names}, ord)\n)"
     )
+
+
+#: The events columns the statement inserts, in the order of its INSERT.
+_EVENT_COLUMNS = (
+    "customer_id", "ts", "name", "dedup_key", "event_id", "received_at", "user_id", "value",
+    "properties", "flags",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,35 +111,75 @@ class CommitStatements:
 
     @classmethod
     def build(cls, *, enrich: bool = True) -> CommitStatements:
-        staged = commit_sql(enrich=enrich)
-        arrays = staged.replace("WITH base AS", f"WITH {_staging_from_arrays()}, base AS", 1)
-        assert arrays != staged
-        return cls(staged, arrays)
+        return cls(commit_sql(enrich=enrich), commit_sql(enrich=enrich, arrays=True))
 
 
-def commit_sql(*, enrich: bool = True) -> str:
+def commit_sql(*, enrich: bool = True, arrays: bool = False) -> str:
     """One statement: dedup, insert the new events, count per request. (The rollup job folds
     the committed events into the rollups afterwards: store/rollups.py.)
 
     Parameters: $1 now (timestamptz), $2 request row offsets (bigint[], ascending, starting
-    at 0), $3 the billing usage window (interval); in the arrays form (`CommitStatements`),
-    $4.. the column arrays. Rows of one load come from requests in order (`ord`); a key seen
-    twice in the load is kept for its first row only (`DISTINCT ON` in `ord` order: one sort
-    of the load, where an index on staging cost every COPYed row a btree insert and every
-    commit its truncation; 9-14 % of PostgreSQL's CPU per row at 1,000-5,000 rows a commit,
-    `python -m benches.writer_bench`). Dedup rows are inserted in key order, so concurrent
-    writers (lanes, worker processes) lock them in the same order and cannot deadlock.
-    Returns (req, inserted) for each request that inserted at least one row, and a row with
-    req -1 (the count of cache-invalidation notifications sent).
+    at 0), $3 the billing usage window (interval); in the arrays form (`arrays`, see
+    `CommitStatements`), $4.. the column arrays. Rows of one load come from requests in
+    order (`ord`); a key seen twice in the load is kept for its first row only (`DISTINCT
+    ON` in `ord` order: one sort of the load, where an index on staging cost every COPYed
+    row a btree insert and every commit its truncation; 9-14 % of PostgreSQL's CPU per row
+    at 1,000-5,000 rows a commit, `python -m benches.writer_bench`). Dedup rows are inserted
+    in key order, so concurrent writers (lanes, worker processes) lock them in the same
+    order and cannot deadlock. Returns (req, inserted) for each request that inserted at
+    least one row, and a row with req -1 (the count of cache-invalidation notifications sent);
+    the arrays form returns (req) for each inserted row instead (see `write_group`).
+
+    The arrays form is the same statement with fewer nodes for its few rows (each node costs
+    every execution its setup): its `ord` starts at 1, so it needs no `base`; its winners
+    carry the narrow columns and read the wide ones from the arrays, so no join back to
+    staging; a key repeated in the load is left to ON CONFLICT instead of a DISTINCT; and
+    it counts nothing (no aggregates to set up: the caller counts its few rows).
     """
+    if arrays:
+        head = _staging_from_arrays()
+        distinct, rel, winners_from = (
+            "",
+            "s.ord - 1 AS rel, s.dedup_key, s.name, s.ts_us",
+            "staging s",
+        )
+        row = {
+            c: f"w.{c}" if c in _ARRAYS_STAGED else _from_array(c, "w.ord") for c in COPY_COLUMNS
+        }
+        row["ts"] = _ARRAY_OF["timestamptz"][1].format("w.ts_us")
+        row["customer_id"], ins_from = "w.customer_id", "winners w"
+        ts_range = "min(ts_us), max(ts_us)"
+        counts = """SELECT width_bucket(rel, $2::bigint[]) - 1 AS req FROM winners
+UNION ALL  -- a SELECT in a CTE runs only when read: this makes it run (pg_notify reads as '')
+SELECT -1 FROM notified WHERE sent IS NULL"""
+    else:
+        head = (
+            "base AS MATERIALIZED (  -- once, not again for every row as inlined\n"
+            "    SELECT min(ord) AS ord FROM staging\n)"
+        )
+        distinct, rel, winners_from = (
+            "DISTINCT ",
+            "s.ord - base.ord AS rel",
+            "staging s CROSS JOIN base",
+        )
+        row = {c: f"s.{c}" for c in COPY_COLUMNS} | {"customer_id": "w.customer_id"}
+        ins_from = "winners w JOIN staging s ON s.ord = w.ord"
+        ts_range = (
+            "(extract(epoch FROM min(ts)) * 1e6)::bigint,\n"
+            "               (extract(epoch FROM max(ts)) * 1e6)::bigint"
+        )
+        counts = """SELECT width_bucket(rel, $2::bigint[]) - 1 AS req, count(*) AS inserted
+FROM winners GROUP BY 1
+UNION ALL  -- a SELECT in a CTE runs only when read: this row (req -1) makes it run
+SELECT -1, count(*) FROM notified"""
     # The enrichment flag as it stands at this commit, kept with the events (see UNENRICHED).
-    flags = "s.flags" if enrich else f"s.flags | {UNENRICHED}"
+    if not enrich:
+        row["flags"] = f"{row['flags']} | {UNENRICHED}"
+    values = ", ".join(row[c] for c in _EVENT_COLUMNS)
     return f"""
-WITH base AS MATERIALIZED (  -- once (inlined, the arrays form ran it again for every row)
-    SELECT min(ord) AS ord FROM staging
-), fresh AS (
+WITH {head}, fresh AS (
     INSERT INTO dedup (customer_id, dedup_key, first_seen)
-    SELECT DISTINCT customer_id::bigint, dedup_key, $1::timestamptz FROM staging
+    SELECT {distinct}customer_id::bigint, dedup_key, $1::timestamptz FROM staging
     ORDER BY 1, 2
     ON CONFLICT DO NOTHING
     RETURNING customer_id, dedup_key
@@ -122,16 +187,15 @@ WITH base AS MATERIALIZED (  -- once (inlined, the arrays form ran it again for 
     -- Narrow rows (which row won, for whom): sorting and keeping the wide ones (the
     -- properties) cost the commit ~2 us a row.
     SELECT DISTINCT ON (f.customer_id, s.dedup_key)
-           f.customer_id, s.ord, s.ord - base.ord AS rel
-    FROM staging s CROSS JOIN base
+           f.customer_id, s.ord, {rel}
+    FROM {winners_from}
     JOIN fresh f ON f.customer_id = s.customer_id::bigint AND f.dedup_key = s.dedup_key
     ORDER BY f.customer_id, s.dedup_key, s.ord
 ), ins AS (
     INSERT INTO events (customer_id, ts, name, dedup_key, event_id, received_at, user_id,
                         value, properties, flags)
-    SELECT w.customer_id, s.ts, s.name, s.dedup_key, s.event_id, s.received_at, s.user_id,
-           s.value, s.properties, {flags}
-    FROM winners w JOIN staging s ON s.ord = w.ord
+    SELECT {values}
+    FROM {ins_from}
 ), usage AS (
     -- Billing usage, in the same transaction as the events it counts (the outbox).
     INSERT INTO usage_outbox (customer_id, window_start, count)
@@ -143,14 +207,10 @@ WITH base AS MATERIALIZED (  -- once (inlined, the arrays form ran it again for 
     -- materializes the CTE, and a column cannot be of type void.)
     SELECT pg_notify('{INVALIDATE}', json_build_array(
                customer_id::bigint, name,
-               (extract(epoch FROM min(ts)) * 1e6)::bigint,
-               (extract(epoch FROM max(ts)) * 1e6)::bigint)::text)::text AS sent
+               {ts_range})::text)::text AS sent
     FROM staging GROUP BY customer_id, name
 )
-SELECT width_bucket(rel, $2::bigint[]) - 1 AS req, count(*) AS inserted
-FROM winners GROUP BY 1
-UNION ALL  -- a SELECT in a CTE runs only when read: this row (req -1) makes it run
-SELECT -1, count(*) FROM notified
+{counts}
 """
 
 
@@ -205,6 +265,8 @@ async def write_group(
         if rows <= ARRAY_ROWS_MAX:
             columns = copy_columns(b"".join(payloads))
             result = await conn.fetch(statements.arrays, now, offsets, usage_window, *columns)
+            inserted = Counter(r["req"] for r in result if r["req"] >= 0)
+            return sorted(inserted.items())
         else:
             # A buffer, not a file-like object: asyncpg reads a file-like source through
             # `loop.run_in_executor` (a thread hop per 512 KB, outside our named limiters);
@@ -219,4 +281,4 @@ async def write_group(
         if refuses_rows(e):
             raise RowsRefused(f"{type(e).__name__}: {e}") from e
         raise
-    return [(r["req"], r["inserted"]) for r in result if r["req"] >= 0]
+    return sorted((r["req"], r["inserted"]) for r in result if r["req"] >= 0)

@@ -161,6 +161,35 @@ mod tests {
     }
 
     #[test]
+    fn properties_are_in_jsonb_key_order_and_the_fingerprint_in_bytewise_order() {
+        let body = br#"{"name": "a", "ts": 1700000000000,
+            "properties": {"bb": 1, "a": {"z": 2, "c": 3}, "ab": 4, "b": 5}}"#;
+        let out = normalize_batch(
+            body,
+            1_700_000_000_500_000,
+            "7",
+            None,
+            false,
+            &Limits::default(),
+        )
+        .unwrap();
+        let columns = decode(&out.copy_data).unwrap();
+        let names: Vec<&str> = COPY_SCHEMA.iter().map(|(n, _)| *n).collect();
+        let col = |name: &str| &columns[names.iter().position(|n| *n == name).unwrap()];
+        // Shorter keys first, one length bytewise: the order jsonb keeps an object's keys in.
+        assert_eq!(
+            col("properties"),
+            &Column::Json(vec![r#"{"b":5,"ab":4,"bb":1,"a.c":3,"a.z":2}"#])
+        );
+        // The fingerprint is over the keys in bytewise order (README), as it always was: the
+        // dedup key of a retried event does not depend on the order the JSON is written in.
+        assert_eq!(
+            col("dedup_key"),
+            &Column::Text(vec![Some("fp:cf0aad684d16d7546c87fb3a6df96901")])
+        );
+    }
+
+    #[test]
     fn refuses_malformed_buffers() {
         let body = br#"{"name": "a"}"#;
         let out = normalize_batch(body, 1, "7", None, false, &Limits::default()).unwrap();
