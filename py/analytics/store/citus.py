@@ -102,7 +102,16 @@ SETTLE_S = 2.0
 
 async def settled(conn: asyncpg.Connection, timeout_s: float) -> bool:
     """Whether every transaction prepared on a worker when this was called has ended (within
-    `SETTLE_S`): committed or rolled back there, so its rows are final."""
+    `SETTLE_S`): committed or rolled back there, so its rows are final.
+
+    Why the rollup fold (store/rollups.py) waits for it: on Citus `xid` is the coordinator's
+    transaction id (the default is evaluated there, for the rows the coordinator sends to the
+    shards) and xmin the coordinator's; a multi-node commit is prepared on the workers,
+    committed on the coordinator (leaving its snapshot), then committed on the workers. So
+    after reading xmin the fold waits for this: each transaction below xmin is then visible
+    on its worker. The fold writes through one connection per worker (`SEQUENTIAL_SQL`), so
+    a worker shows the new rollups and its copy of the new watermark at once, and a query
+    reads both there in one snapshot (store/series.py)."""
     first = {g for g in (await conn.fetchval(_PREPARED_SQL, timeout=timeout_s)).split(",") if g}
     deadline = time.monotonic() + SETTLE_S
     while first:

@@ -26,8 +26,18 @@ import asyncpg
 import orjson
 
 from analytics.store.notify import INVALIDATE
-from analytics.store.rollups import FOLD_LOCK, delete_emptied_sql, fold_sql, tables_for
+from analytics.store.rollups import FOLD_LOCK, RollupTable, fold_sql, tables_for
 from analytics.store.sketches import add_users, inline, users_sql
+
+
+def delete_emptied_sql(table: RollupTable) -> str:
+    """Delete the rows of `table` listed in $1 (JSON, as `fold_sql` returns them) that are
+    still at a count of 0 or less. They stay locked by the fold until commit."""
+    match = " AND ".join(f"t.{c} = e.{c}" for c in table.key)
+    return (
+        f"DELETE FROM {table.name} t USING json_populate_recordset(NULL::{table.name}, "
+        f"$1::json) e WHERE {match} AND t.count <= 0"
+    )
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,7 @@ The tables (migration 0004), all counts and sums:
 - `rollup_pair_hour`: per pair of dimension values (`dim_a < dim_b`), for a filter together
   with a group-by, or two filters (hour and day queries).
 
-On Citus (deploy/citus.md) `xid` is the coordinator's transaction id (the default is
-evaluated there, for the rows the coordinator sends to the shards) and xmin the coordinator's:
-a multi-node commit is prepared on the workers, committed on the coordinator (leaving its
-snapshot), then committed on the workers. So after reading xmin the fold waits until every
-transaction then prepared on a worker has ended (`citus.settled`): each transaction below xmin
-is then visible on its worker. The fold writes through one connection per worker
-(`multi_shard_modify_mode = sequential`), so a worker shows the new rollups and its copy of
-the new watermark at once, and a query reads both there in one snapshot (store/series.py).
+On Citus, see `citus.settled` (and deploy/citus.md) for what xmin means there.
 
 Folding many events at once is what makes this cheap: a second of events lands in one row
 per (name, dimension value, minute), instead of one upsert per event and dimension at every
@@ -258,16 +251,6 @@ def fold_sql(
     return "WITH " + ",\n".join(ctes) + "\nSELECT " + ",\n       ".join(results)
 
 
-def delete_emptied_sql(table: RollupTable) -> str:
-    """Delete the rows of `table` listed in $1 (JSON, as `fold_sql` returns them) that are
-    still at a count of 0 or less. They stay locked by the fold until commit."""
-    match = " AND ".join(f"t.{c} = e.{c}" for c in table.key)
-    return (
-        f"DELETE FROM {table.name} t USING json_populate_recordset(NULL::{table.name}, "
-        f"$1::json) e WHERE {match} AND t.count <= 0"
-    )
-
-
 #: The watermark and the xmin of this statement's snapshot, as text (asyncpg has no codec
 #: for xid8); locking the state row serializes a fold with an erasure.
 _STATE_SQL = """
@@ -313,13 +296,10 @@ MIN_MINUTE_HORIZON_H = 25
 FOLD_MAX_EVENTS = 2_000
 
 #: A fold of a backlog leaves the events of old hours (before the hour this long before the
-#: current one) out of the hour-grain rollups and sketches when it brings at least
-#: `DEFER_SHARE` of the hour's events (or the hour is marked already): the hour is marked,
-#: and rebuilt once from all its events by the job (store/deferred.py) once the backlog is
-#: folded. A backfill's events, spread over weeks, each landed in hour, pair and sketch rows
-#: of their own, fold after fold; rebuilt, an hour's events share them. Current events (this
-#: hour and the last), and a few late events of an hour that holds many, are folded as they
-#: come: a rebuild reads at most 1 / DEFER_SHARE times the events that marked its hour.
+#: current one) out of the hour-grain rollups and sketches, and marks their hours for a
+#: rebuild from all their events (store/deferred.py, docs/rollups.md "Backfills"), when it
+#: brings `DEFER_SHARE` of the hour's events, is mostly old events (`BACKFILL_*`), or the
+#: hour is marked already.
 DEFER_AFTER = timedelta(hours=1)
 DEFER_SHARE = 0.25
 #: A fold whose old events are at least this many and this share of its events is a
@@ -353,6 +333,8 @@ class Folder:
         (at least `MIN_MINUTE_HORIZON_H`); None keeps them for all. `defer`: see
         `DEFER_AFTER` (never on Citus)."""
         self.sql = fold_sql(dimensions, _SOURCE, users=True, defer="$3::timestamptz")
+        #: On Citus nothing is deferred (store/deferred.py): the statement without it.
+        self.citus_sql = fold_sql(dimensions, _SOURCE, users=True)
         self.dims = sorted(dimensions)
         self.dimensions = tuple(dimensions)
         #: Whether a fold of a backlog defers its old hours' hour-grain rollups (`DEFER_AFTER`).
@@ -414,13 +396,17 @@ class Folder:
             if (more or max_events > FOLD_MAX_EVENTS) and self.defer and not self._citus:
                 hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
                 defer = hour - DEFER_AFTER
-            row = await conn.fetchrow(self.sql, low, high, defer, timeout=timeout_s)
+            if self._citus:
+                row = await conn.fetchrow(self.citus_sql, low, high, timeout=timeout_s)
+            else:
+                row = await conn.fetchrow(self.sql, low, high, defer, timeout=timeout_s)
+            deferred = 0 if self._citus else row["deferred"]
             if row["events"]:
                 await merge_users(conn, row["users"], self.dims, cpu, timeout_s)
             await conn.execute(
                 "UPDATE rollup_state SET watermark = $1::text::xid8", high, timeout=timeout_s
             )
-        return Folded(row["events"], int(high), more, row["deferred"])
+        return Folded(row["events"], int(high), more, deferred)
 
 
 async def watermark(conn: asyncpg.Connection | asyncpg.Pool) -> int:
