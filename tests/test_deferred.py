@@ -5,7 +5,6 @@ the rollup job rebuilds them by itself once the backlog is folded."""
 
 from __future__ import annotations
 
-import json
 import random
 from datetime import timedelta
 
@@ -13,24 +12,22 @@ import anyio
 import pytest
 from prometheus_client import REGISTRY
 
-from analytics.api.groups import combine, estimated
-from analytics.normalize import hll_standard_error
 from analytics.pipeline.rollup_job import RollupJob
 from analytics.settings import DEFAULT_DIMENSIONS
 from analytics.store.deferred import Rebuilder, marked_hours
 from analytics.store.erase import erase_user
 from analytics.store.rollups import FOLD_MAX_EVENTS, Folder, pending_events
-from analytics.store.series import MetricsQuery, fetch_series
+from analytics.store.series import MetricsQuery
 from analytics.store.sketches import inline
-from analytics.store.uniques import fetch_uniques
 from test_rollups import (
-    COUNTRIES,
     DAYS,
     START,
+    check_estimates,
     check_every_shape,
     march_pool,
     random_events,
     store,
+    user_events,
 )
 
 pytestmark = pytest.mark.anyio
@@ -71,6 +68,14 @@ async def rebuild_all(conn, max_hours: int = 7) -> int:
         hours += rebuilt.hours
         if not rebuilt.more:
             return hours
+
+
+async def folded_then_more(pool, conn, rng: random.Random, more: int) -> None:
+    """4,000 events folded as they came (nothing deferred), then `more` stored, unfolded."""
+    await store(pool, random_events(rng, 4000))
+    assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS, defer=False), 10_000) == 0
+    rows = random_events(rng, more)
+    await store(pool, [(*r[:3], f"more-{i}", *r[4:]) for i, r in enumerate(rows)])
 
 
 async def tables(pool) -> dict[str, list[tuple]]:
@@ -129,32 +134,15 @@ async def test_an_erasure_while_hours_are_marked_is_gone_from_the_rebuilt_rollup
 
 
 async def test_unique_users_of_marked_hours_are_estimated_from_their_raw_events(pool):
-    rng = random.Random(47)
-    rows = []
-    for i in range(6000):
-        ts = START + timedelta(seconds=rng.randrange(DAYS * 86400))
-        props = {"country": rng.choice(COUNTRIES)} if rng.random() < 0.8 else {}
-        rows.append((1, ts, "buy", f"u-{i}", ts, f"user-{rng.randrange(3000)}", None,
-                     json.dumps(props), 0))  # fmt: skip
-    await store(pool, rows)
+    await store(pool, user_events(47))
     async with pool.acquire() as conn:
         assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 2000) > 0
     end = START + timedelta(days=DAYS)
-    error = hll_standard_error()
     for q in (
         MetricsQuery(1, "buy", "day", START, end, "unique_users"),
         MetricsQuery(1, "buy", "day", START, end, "unique_users", group_by="country"),
     ):
-        uniques = await fetch_uniques(pool, q, 30.0, exact_below=0)
-        assert uniques is not None and uniques.raw  # the marked hours' users
-        times = [START + timedelta(days=i) for i in range(DAYS)]
-        got = {g.group: g.values(q.agg) for g in estimated(uniques, times, q)}
-        exact = {g.group: g.values(q.agg) for g in
-                 combine(await fetch_series(pool, q, 30.0), times, q)}  # fmt: skip
-        assert got.keys() == exact.keys()
-        for group, points in exact.items():
-            for want, estimate in zip(points, got[group], strict=True):
-                assert abs(estimate - want) <= 4 * error * want + 1, (q, group)
+        await check_estimates(pool, q)  # the marked hours' users read raw
 
 
 async def test_the_job_rebuilds_the_hours_a_backlog_deferred(pool):
@@ -202,12 +190,8 @@ async def test_a_few_late_events_of_full_hours_are_folded_as_they_come(pool):
     """A backlog's fold defers an old hour only when it brings a good share of the hour's
     events (`DEFER_SHARE`): a trickle of late events into hours already folded is added to
     their rollups at once, since a rebuild would read each whole hour again for them."""
-    rng = random.Random(61)
-    await store(pool, random_events(rng, 4000))
     async with pool.acquire() as conn:
-        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS, defer=False), 10_000) == 0
-        late = random_events(rng, 100)
-        await store(pool, [(*r[:3], f"late-{i}", *r[4:]) for i, r in enumerate(late)])
+        await folded_then_more(pool, conn, random.Random(61), 100)
         assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 30) == 0  # a backlog
         assert await marked_hours(conn) == 0
     await check_every_shape(pool)
@@ -219,12 +203,8 @@ async def test_a_backfill_into_hours_already_full_is_deferred_whole(pool):
     """A fold mostly of old events (`BACKFILL_*`) marks every old hour it touches, however
     many events the hour holds already: the rebuild reads each once, instead of each fold
     adding a few events to rows of their own."""
-    rng = random.Random(67)
-    await store(pool, random_events(rng, 4000))
     async with pool.acquire() as conn:
-        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS, defer=False), 10_000) == 0
-        more = random_events(rng, 2500)
-        await store(pool, [(*r[:3], f"more-{i}", *r[4:]) for i, r in enumerate(more)])
+        await folded_then_more(pool, conn, random.Random(67), 2500)
         assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 2500) > 100
         await check_every_shape(pool)
         await rebuild_all(conn, max_hours=50)
