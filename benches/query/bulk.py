@@ -13,7 +13,8 @@ slice of the spread), as a history import would send it: each fold then holds a 
 of events, whose rollup rows are written once instead of once per event (see
 docs/rollups.md on what a fold costs). Normalizing (Rust, in a thread) runs one group ahead
 of the commits, and the folds run on a connection of their own while the next group is
-committed (two PostgreSQL backends at work).
+committed (two PostgreSQL backends at work); then the hours the folds deferred are rebuilt,
+on both connections, as the rollup job would (store/deferred.py).
 Blocking (it runs its own event loop).
 """
 
@@ -58,28 +59,41 @@ def _encoded(dataset: Dataset, customer_id: int, first: int, last: int) -> tuple
     return payloads, offsets
 
 
+async def _rebuild_all(conn: asyncpg.Connection, rebuilder: Rebuilder) -> None:
+    """Rebuild deferred hours until none is left (beside other such loops, as the job's
+    rebuilds run side by side)."""
+    while True:
+        rebuilt = await rebuilder.rebuild(conn, 600.0, inline)
+        if rebuilt is not None and not rebuilt.more:
+            return
+        if rebuilt is None:
+            await anyio.sleep(0.05)  # the service's job holds the lock
+
+
 async def _fold_until(
-    conn: asyncpg.Connection, folder: Folder, done: anyio.Event, spent: list[float]
+    conns: tuple[asyncpg.Connection, asyncpg.Connection],
+    folder: Folder,
+    done: anyio.Event,
+    spent: list[float],
 ) -> None:
-    """Fold what the commits have stored until they are done and all of it is folded."""
+    """Fold what the commits have stored until they are done and all of it is folded, on
+    the first connection; then rebuild the hours the folds deferred, on both (the second is
+    the commits': done by then)."""
     while True:
         finished = done.is_set()  # every commit has ended: the next folds take them all
         t0 = time.monotonic()
-        folded = await folder.fold(conn, 600.0, max_events=FOLD_MAX_EVENTS)
+        folded = await folder.fold(conns[0], 600.0, max_events=FOLD_MAX_EVENTS)
         spent[0] += time.monotonic() - t0
         if folded is not None and folded.more:
             continue
         if finished and folded is not None:
-            # Then the hours those folds deferred, rebuilt as the service's job would.
+            t0 = time.monotonic()
             rebuilder = Rebuilder(DEFAULT_DIMENSIONS)
-            while True:
-                t0 = time.monotonic()
-                rebuilt = await rebuilder.rebuild(conn, 600.0, inline)
-                spent[0] += time.monotonic() - t0
-                if rebuilt is not None and not rebuilt.more:
-                    return
-                if rebuilt is None:
-                    await anyio.sleep(0.05)  # the service's job holds the lock
+            async with anyio.create_task_group() as tg:
+                for conn in conns:
+                    tg.start_soon(_rebuild_all, conn, rebuilder)
+            spent[0] += time.monotonic() - t0
+            return
         await anyio.sleep(0.05)  # nothing committed yet, or the service's job is folding
 
 
@@ -106,7 +120,7 @@ async def _load(
         ]
         async with anyio.create_task_group() as tg:
             # Folds on a connection of their own, while the next group is committed.
-            tg.start_soon(_fold_until, fold_conn, folder, done, fold_s)
+            tg.start_soon(_fold_until, (fold_conn, conn), folder, done, fold_s)
             with ThreadPoolExecutor(1, thread_name_prefix="bulk-encode") as encoder:
                 pending = encoder.submit(_encoded, dataset, customer_id, *groups[0])
                 for i in range(len(groups)):
