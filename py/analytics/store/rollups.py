@@ -115,13 +115,11 @@ def fold_sql(
     `users`: the events' users for their sketches (`sketches.users_json`), read from the same
     scan and the same dimension values.
 
-    `defer` (SQL of an hour boundary, or of NULL for none) leaves the events before it out of
-    the hour-grain tables and the users, and marks their (customer, name, hour) in
-    `rollup_dirty` for the job to rebuild (store/deferred.py); the row then also has
-    `deferred`, the marks added. With `replace` the rows written replace those stored
-    instead of adding to them (a rebuild, which passes every event of its hours, under the
-    job's lock: the only other writers, the fold and an erasure, hold it too, so its rows go
-    unsorted), and
+    `defer` (SQL of an hour boundary, or of NULL for none): the hours before it that the
+    rules of `DEFER_AFTER` pick are left out of the hour-grain tables and the users, and
+    marked in `rollup_dirty` (store/deferred.py); the row also has `deferred`, marks added.
+    With `replace` the rows written replace those stored (a rebuild, given every event of
+    its hours, under the job's lock, which the only other writers hold too: unsorted);
     `minute_since` is where minute rows begin (a rebuild writes none: `'infinity'`).
     """
     dims = sorted(dimensions)
@@ -290,21 +288,22 @@ ORDER BY e.xid OFFSET $3 LIMIT 1
 #: last day's minute buckets are what dashboards ask for most.
 MIN_MINUTE_HORIZON_H = 25
 
+#: Aggregations in memory (fold, rebuild): with 4 MB a rebuild sorted its pairs on disk.
+WORK_MEM_SQL = "SET LOCAL work_mem = '64MB'"
+
 #: Events one fold takes at most: a backlog (a backfill, a restart after an outage) is folded
 #: in many short transactions rather than one that holds the snapshot's xmin back for minutes
 #: (the rollup job sizes folds of a backlog up from this: pipeline/rollup_job.py).
 FOLD_MAX_EVENTS = 2_000
 
 #: A fold of a backlog leaves the events of old hours (before the hour this long before the
-#: current one) out of the hour-grain rollups and sketches, and marks their hours for a
-#: rebuild from all their events (store/deferred.py, docs/rollups.md "Backfills"), when it
-#: brings `DEFER_SHARE` of the hour's events, is mostly old events (`BACKFILL_*`), or the
-#: hour is marked already.
+#: current one) out of the hour-grain rollups and marks them for a rebuild (store/deferred.py,
+#: docs/rollups.md "Backfills") when it brings `DEFER_SHARE` of the hour's events, is mostly
+#: old events (`BACKFILL_*`), or the hour is marked already.
 DEFER_AFTER = timedelta(hours=1)
 DEFER_SHARE = 0.25
-#: A fold whose old events are at least this many and this share of its events is a
-#: backfill's: it defers every old hour it touches, however full (a backfill sent while the
-#: job keeps up would otherwise fold inline into hours its own first folds filled).
+#: A fold with at least this many old events, and this share of it, defers every old hour
+#: it touches, however full (else a backfill folds inline into hours its first folds filled).
 BACKFILL_EVENTS = FOLD_MAX_EVENTS
 BACKFILL_SHARE = 0.5
 
@@ -365,6 +364,7 @@ class Folder:
             )
             if not locked:
                 return None
+            await conn.execute(WORK_MEM_SQL, timeout=timeout_s)
             if self._citus:
                 await conn.execute(SEQUENTIAL_SQL, timeout=timeout_s)
             state = await conn.fetchrow(_STATE_SQL, self._horizon_h, timeout=timeout_s)
