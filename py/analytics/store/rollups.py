@@ -119,7 +119,7 @@ def fold_sql(
     rules of `DEFER_AFTER` pick are left out of the hour-grain tables and the users, and
     marked in `rollup_dirty` (store/deferred.py); the row also has `deferred`, marks added.
     With `replace` the rows written replace those stored (a rebuild, given every event of
-    its hours, under the job's lock, which the only other writers hold too: unsorted);
+    its hours; in key order too: unsorted, a 30-day pair query read a page per row);
     `minute_since` is where minute rows begin (a rebuild writes none: `'infinity'`).
     """
     dims = sorted(dimensions)
@@ -236,7 +236,7 @@ def fold_sql(
         ctes.append(
             f"""up_{table.name} AS (
     INSERT INTO {table.name} AS r ({key}, count, sum_value)
-    SELECT {key}, n, s FROM {delta}{"" if replace else f" ORDER BY {order}"}
+    SELECT {key}, n, s FROM {delta} ORDER BY {order}
     ON CONFLICT ({key}) DO UPDATE
         SET count = {add.format("count")}excluded.count,
             sum_value = {add.format("sum_value")}excluded.sum_value{returning})"""
