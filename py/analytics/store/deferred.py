@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from analytics.store.citus import is_citus
-from analytics.store.rollups import FOLD_LOCK, WORK_MEM_SQL, fold_sql
+from analytics.store.rollups import fold_sql, lock_job
 from analytics.store.sketches import Cpu, merge_users
 
 #: Every folded event (below the watermark, $4) of the hours given as arrays $1..$3, each
@@ -108,16 +108,14 @@ class Rebuilder:
         async with conn.transaction():
             # Shared: rebuilds of other marks may run beside this one (each its own hours'
             # rows); a fold or an erasure (exclusive) neither runs meanwhile nor starts.
-            locked = await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock_shared($1)", FOLD_LOCK, timeout=timeout_s
-            )
-            if not locked:
+            if not await lock_job(conn, timeout_s, shared=True):
                 return None
-            await conn.execute(WORK_MEM_SQL, timeout=timeout_s)
             picked = await conn.fetch(_PICK_SQL, max_hours, timeout=timeout_s)
             if not picked:
                 return Rebuilt(0, 0, False)
-            mark = await conn.fetchval("SELECT watermark::text FROM rollup_state")
+            mark = await conn.fetchval(
+                "SELECT watermark::text FROM rollup_state", timeout=timeout_s
+            )
             keys: list[list[Any]] = [list(c) for c in zip(*picked, strict=True)]
             row = await conn.fetchrow(self.sql, *keys, mark, timeout=timeout_s)
             if row["events"]:

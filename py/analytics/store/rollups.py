@@ -1,7 +1,7 @@
 """Rollups, folded in bulk behind a watermark: the rollup job and its SQL.
 
 The group commit stores raw events only (each with the id of its transaction, `xid`); the
-job (`fold_committed`, run every fraction of a second by one process at a time) takes every
+job (`Folder.fold`, run every fraction of a second by one process at a time) takes every
 event with `watermark <= xid < xmin`, where xmin is the oldest transaction still running
 (all below it have ended, so that range is final), adds them to every rollup table, and
 moves the watermark, in one transaction. Queries read the rollups plus the raw events at or
@@ -288,8 +288,17 @@ ORDER BY e.xid OFFSET $3 LIMIT 1
 #: last day's minute buckets are what dashboards ask for most.
 MIN_MINUTE_HORIZON_H = 25
 
-#: Aggregations in memory (fold, rebuild): with 4 MB a rebuild sorted its pairs on disk.
-WORK_MEM_SQL = "SET LOCAL work_mem = '64MB'"
+
+async def lock_job(conn: asyncpg.Connection, timeout_s: float, *, shared: bool = False) -> bool:
+    """Take the job's lock for this transaction, exclusive (a fold) or shared (rebuilds side
+    by side: store/deferred.py), and work_mem for its aggregations (with 4 MB a rebuild
+    sorted its pairs on disk); False when the lock is held elsewhere."""
+    how = "pg_try_advisory_xact_lock_shared" if shared else "pg_try_advisory_xact_lock"
+    if not await conn.fetchval(f"SELECT {how}($1)", FOLD_LOCK, timeout=timeout_s):
+        return False
+    await conn.execute("SET LOCAL work_mem = '64MB'", timeout=timeout_s)
+    return True
+
 
 #: Events one fold takes at most: a backlog (a backfill, a restart after an outage) is folded
 #: in many short transactions rather than one that holds the snapshot's xmin back for minutes
@@ -330,13 +339,10 @@ class Folder:
     ) -> None:
         """`minute_horizon_h`: keep minute rollups for events at most this many hours old
         (at least `MIN_MINUTE_HORIZON_H`); None keeps them for all. `defer`: see
-        `DEFER_AFTER` (never on Citus)."""
+        `DEFER_AFTER` (never on Citus, whose statement, `citus_sql`, lacks it)."""
         self.sql = fold_sql(dimensions, _SOURCE, users=True, defer="$3::timestamptz")
-        #: On Citus nothing is deferred (store/deferred.py): the statement without it.
         self.citus_sql = fold_sql(dimensions, _SOURCE, users=True)
         self.dims = sorted(dimensions)
-        self.dimensions = tuple(dimensions)
-        #: Whether a fold of a backlog defers its old hours' hour-grain rollups (`DEFER_AFTER`).
         self.defer = defer
         self._citus: bool | None = None
         # None: the state's test (NULL) never moves the horizon.
@@ -359,12 +365,8 @@ class Folder:
         if self._citus is None:
             self._citus = await is_citus(conn)
         async with conn.transaction():
-            locked = await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK, timeout=timeout_s
-            )
-            if not locked:
+            if not await lock_job(conn, timeout_s):
                 return None
-            await conn.execute(WORK_MEM_SQL, timeout=timeout_s)
             if self._citus:
                 await conn.execute(SEQUENTIAL_SQL, timeout=timeout_s)
             state = await conn.fetchrow(_STATE_SQL, self._horizon_h, timeout=timeout_s)
@@ -396,10 +398,8 @@ class Folder:
             if (more or max_events > FOLD_MAX_EVENTS) and self.defer and not self._citus:
                 hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
                 defer = hour - DEFER_AFTER
-            if self._citus:
-                row = await conn.fetchrow(self.citus_sql, low, high, timeout=timeout_s)
-            else:
-                row = await conn.fetchrow(self.sql, low, high, defer, timeout=timeout_s)
+            sql, args = (self.citus_sql, ()) if self._citus else (self.sql, (defer,))
+            row = await conn.fetchrow(sql, low, high, *args, timeout=timeout_s)
             deferred = 0 if self._citus else row["deferred"]
             if row["events"]:
                 await merge_users(conn, row["users"], self.dims, cpu, timeout_s)
