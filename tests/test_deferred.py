@@ -121,14 +121,41 @@ async def test_deferred_hours_answer_from_raw_events_then_rebuild_to_what_foldin
     assert await tables(pool) == await refold_without_deferring(pool)
 
 
-async def test_an_erasure_while_hours_are_marked_is_gone_from_the_rebuilt_rollups(pool):
+async def test_an_erasure_while_hours_are_marked_is_gone_from_the_rebuilt_rollups(pool, caplog):
     await store(pool, random_events(random.Random(43), 500))
     async with pool.acquire() as conn:
         assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 100) > 0
+        assert await conn.fetchval("SELECT bool_and(bare) FROM rollup_dirty")  # no rows yet
+        await conn.execute(U3_HOURS)
         erased = await erase_user(conn, 1, "u3", DEFAULT_DIMENSIONS)
         assert erased.events > 50
+        # The hours it subtracted from (and rebuilt the sketches of) may have rows now.
+        bare = "SELECT count(*) FROM rollup_dirty WHERE bare AND (name, hour) {} (TABLE u3_hours)"
+        assert await conn.fetchval(bare.format("IN")) == 0
+        assert await conn.fetchval(bare.format("NOT IN")) > 0
         await check_every_shape(pool)
         await rebuild_all(conn)
+    assert BARE_CONFLICT not in caplog.text  # each hour rebuilt the way its mark said
+    await check_every_shape(pool)
+    assert await tables(pool) == await refold_without_deferring(pool)
+
+
+#: The hours of user u3's events, kept before they are erased.
+U3_HOURS = """CREATE TEMP TABLE u3_hours AS SELECT DISTINCT name, date_trunc('hour', ts, 'UTC')
+    FROM events WHERE user_id = 'u3'"""
+BARE_CONFLICT = "a bare hour had rollup rows"
+
+
+async def test_a_bare_mark_over_rows_falls_back_to_upserts(pool, caplog):
+    """Should a mark say bare over an hour that has rows after all, its rebuild's inserts
+    conflict: it is rebuilt with the upserts instead, and the rollups are still exact."""
+    async with pool.acquire() as conn:
+        await folded_then_more(pool, conn, random.Random(71), 2500)
+        assert await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS), 2500) > 100
+        assert await conn.fetchval("SELECT count(*) FROM rollup_dirty WHERE NOT bare") > 50
+        await conn.execute("UPDATE rollup_dirty SET bare = true")
+        await rebuild_all(conn, max_hours=50)
+    assert BARE_CONFLICT in caplog.text
     await check_every_shape(pool)
     assert await tables(pool) == await refold_without_deferring(pool)
 

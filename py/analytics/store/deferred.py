@@ -21,6 +21,7 @@ not distributed-query safe as written, and untested there).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ import asyncpg
 from analytics.store.citus import is_citus
 from analytics.store.rollups import fold_sql, lock_job
 from analytics.store.sketches import Cpu, merge_users
+
+log = logging.getLogger(__name__)
 
 #: Every folded event (below the watermark, $4) of the hours given as arrays $1..$3, each
 #: hour read through the events' (customer, name, ts) index: a lateral subquery the planner
@@ -43,7 +46,7 @@ _SOURCE = """SELECT e.customer_id, e.name, e.ts, e.value, e.properties, e.flags,
 
 #: The oldest marks first (a mark's hour is rebuilt whole, whatever its size), none that a
 #: rebuild running beside this one took.
-_PICK_SQL = """SELECT customer_id, name, hour FROM rollup_dirty
+_PICK_SQL = """SELECT customer_id, name, hour, bare FROM rollup_dirty
     ORDER BY marked_at, customer_id, name, hour LIMIT $1 FOR UPDATE SKIP LOCKED"""
 
 _UNMARK_SQL = """DELETE FROM rollup_dirty d
@@ -76,13 +79,18 @@ class Rebuilder:
         #: Marks the next rebuild takes (`REBUILD_S`).
         self.hours = FIRST_HOURS
         self._citus: bool | None = None
-        # Hour-grain rows only (no minute row: they were written by the fold), replacing.
-        self.sql = fold_sql(
-            dimensions,
-            _SOURCE,
-            users=True,
-            replace=True,
-            minute_since="SELECT 'infinity'::timestamptz",
+        # Hour-grain rows only (no minute row: they were written by the fold), replacing;
+        # inserted for bare hours (no row yet: migration 0011).
+        self.sql, self.bare_sql = (
+            fold_sql(
+                dimensions,
+                _SOURCE,
+                users=True,
+                replace=True,
+                bare=bare,
+                minute_since="SELECT 'infinity'::timestamptz",
+            )
+            for bare in (False, True)
         )
 
     async def rebuild(
@@ -116,12 +124,37 @@ class Rebuilder:
             mark = await conn.fetchval(
                 "SELECT watermark::text FROM rollup_state", timeout=timeout_s
             )
-            keys: list[list[Any]] = [list(c) for c in zip(*picked, strict=True)]
+            events = 0
+            for bare in (False, True):
+                marks = [m[:3] for m in picked if m["bare"] is bare]
+                if marks:
+                    events += await self._write(conn, marks, mark, bare, timeout_s, cpu)
+        return Rebuilt(len(picked), events, len(picked) == max_hours)
+
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        marks: list[Any],
+        mark: str,
+        bare: bool,
+        timeout_s: float,
+        cpu: Cpu,
+    ) -> int:
+        """Rebuild and unmark these hours (bare: with plain INSERTs; should one of them have
+        a row after all, the upserts instead); the events they hold."""
+        keys: list[list[Any]] = [list(c) for c in zip(*marks, strict=True)]
+        try:
+            async with conn.transaction():  # a savepoint: a bare hour's conflict undoes it
+                row = await conn.fetchrow(
+                    self.bare_sql if bare else self.sql, *keys, mark, timeout=timeout_s
+                )
+        except asyncpg.UniqueViolationError:
+            log.warning("rebuild: a bare hour had rollup rows; rebuilt with upserts")
             row = await conn.fetchrow(self.sql, *keys, mark, timeout=timeout_s)
-            if row["events"]:
-                await merge_users(conn, row["users"], self.dims, cpu, timeout_s, replace=True)
-            await conn.execute(_UNMARK_SQL, *keys, timeout=timeout_s)
-        return Rebuilt(len(picked), row["events"], len(picked) == max_hours)
+        if row["events"]:
+            await merge_users(conn, row["users"], self.dims, cpu, timeout_s, replace=True)
+        await conn.execute(_UNMARK_SQL, *keys, timeout=timeout_s)
+        return row["events"]
 
 
 async def marked_hours(conn: asyncpg.Connection | asyncpg.Pool) -> int:

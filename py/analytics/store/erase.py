@@ -98,6 +98,13 @@ WHERE customer_id = $1 AND (name, bucket) IN (
     SELECT n, b FROM unnest($2::text[], $3::timestamptz[]) AS t(n, b))
 """
 
+#: Marked hours the erasure wrote rows in (subtracted, sketches rebuilt): no longer bare
+#: (store/deferred.py, migration 0011).
+_NOT_BARE_SQL = """
+UPDATE rollup_dirty SET bare = false
+WHERE customer_id = $1 AND bare AND (name, hour) IN (
+    SELECT n, b FROM unnest($2::text[], $3::timestamptz[]) AS t(n, b))
+"""
 
 # The user's identity links go too (Segment identify/alias, PostHog $identify): both ways.
 _FORGET_LINKS_SQL = """
@@ -128,6 +135,7 @@ async def erase_user(
             names = [n for n, _ in touched]
             hours = [datetime.fromisoformat(b) for _, b in touched]
             await conn.execute(_DROP_SKETCHES_SQL, customer_id, names, hours)
+            await conn.execute(_NOT_BARE_SQL, customer_id, names, hours)
             rebuild = users_sql(dimensions, _REBUILD_WHERE)
             await add_users(
                 conn, rebuild, sorted(dimensions), (customer_id, names, hours), inline, 600.0

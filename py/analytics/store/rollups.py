@@ -102,6 +102,7 @@ def fold_sql(
     users: bool = False,
     defer: str | None = None,
     replace: bool = False,
+    bare: bool = False,
     minute_since: str = MINUTE_SINCE,
 ) -> str:
     """Add (sign 1) or subtract (sign -1) the events of `source` to every rollup table.
@@ -119,7 +120,8 @@ def fold_sql(
     rules of `DEFER_AFTER` pick are left out of the hour-grain tables and the users, and
     marked in `rollup_dirty` (store/deferred.py); the row also has `deferred`, marks added.
     With `replace` the rows written replace those stored (a rebuild, given every event of
-    its hours; in key order too: unsorted, a 30-day pair query read a page per row);
+    its hours; in key order too: unsorted, a 30-day pair query read a page per row), and
+    with `bare` too they are inserted (hours with no rows: a row found raises);
     `minute_since` is where minute rows begin (a rebuild writes none: `'infinity'`).
     """
     dims = sorted(dimensions)
@@ -176,16 +178,19 @@ def fold_sql(
         # the fold is mostly a backfill's (BACKFILL_*), and those marked already. A few late
         # events of a full hour are folded as they come: a rebuild would read the whole
         # hour again for them.
+        # `bare`: no event of the hour is in its rollup rows yet (no total row), so a rebuild
+        # inserts them (migration 0011). A marked hour is left out by every fold (a NULL
+        # `defer`, caught up, too): a rebuild rewrites it anyway.
         ctes.append(
             f"""deferred AS MATERIALIZED (
-    SELECT f.customer_id, f.name, f.hour FROM (
+    SELECT f.customer_id, f.name, f.hour, r.count IS NULL AS bare FROM (
         SELECT customer_id, name, date_trunc('hour', minute, 'UTC') AS hour, sum(n) AS n
-        FROM g WHERE minute < {defer} GROUP BY 1, 2, 3) f
+        FROM g GROUP BY 1, 2, 3) f
     LEFT JOIN rollup_hour r ON r.customer_id = f.customer_id AND r.name = f.name
         AND r.dim = '' AND r.dim_value = '' AND r.bucket = f.hour
-    WHERE f.n >= {DEFER_SHARE} * (coalesce(r.count, 0) + f.n)
+    WHERE f.hour < {defer} AND (f.n >= {DEFER_SHARE} * (coalesce(r.count, 0) + f.n)
        OR (SELECT sum(n) FROM g WHERE minute < {defer})
-          >= greatest({BACKFILL_EVENTS}, {BACKFILL_SHARE} * (SELECT sum(n) FROM g))
+          >= greatest({BACKFILL_EVENTS}, {BACKFILL_SHARE} * (SELECT sum(n) FROM g)))
        OR EXISTS (
         SELECT FROM rollup_dirty d
         WHERE d.customer_id = f.customer_id AND d.name = f.name AND d.hour = f.hour))"""
@@ -218,8 +223,8 @@ def fold_sql(
     if defer:
         ctes.append(
             """dirty AS (
-    INSERT INTO rollup_dirty (customer_id, name, hour)
-    SELECT customer_id, name, hour FROM deferred ORDER BY 1, 2, 3
+    INSERT INTO rollup_dirty (customer_id, name, hour, bare)
+    SELECT customer_id, name, hour, bare FROM deferred ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING RETURNING 1)"""
         )
         results.append("(SELECT count(*) FROM dirty) AS deferred")
@@ -233,13 +238,14 @@ def fold_sql(
         order = ", ".join(
             c if c in ("customer_id", "bucket") else f'{c} COLLATE "C"' for c in table.key
         )
+        upsert = f"""
+    ON CONFLICT ({key}) DO UPDATE
+        SET count = {add.format("count")}excluded.count,
+            sum_value = {add.format("sum_value")}excluded.sum_value{returning}"""
         ctes.append(
             f"""up_{table.name} AS (
     INSERT INTO {table.name} AS r ({key}, count, sum_value)
-    SELECT {key}, n, s FROM {delta} ORDER BY {order}
-    ON CONFLICT ({key}) DO UPDATE
-        SET count = {add.format("count")}excluded.count,
-            sum_value = {add.format("sum_value")}excluded.sum_value{returning})"""
+    SELECT {key}, n, s FROM {delta} ORDER BY {order}{"" if bare else upsert})"""
         )
         if sign < 0:
             results.append(
