@@ -171,6 +171,14 @@ def hll_group(
     (value '') for the total, `d` for each value of `d`, `!d` (value '') for the events
     without `d`. ValueError for rows that do not parse or have another number of values."""
 
+def pair_copy(rows_json: str, dims: Sequence[str]) -> tuple[bytes, int]:
+    """A rebuild's `rollup_pair_hour` rows: `rows_json` is a JSON array with one row per
+    group of events, `[customer_id, name, hour (Unix seconds), events, sum of values, [the
+    value of each of dims (sorted), or null]]`. Every pair of values (both non-null) summed
+    per hour, as binary COPY tuples (customer_id, name, dim_a, dim_b, value_a, value_b,
+    bucket, count, sum_value; no header or trailer) in key order, and how many rows.
+    ValueError for rows that do not parse, another number of values, or unsorted dims."""
+
 def hll_merge(sketches: Sequence[bytes]) -> bytes:
     """The sketch of the union of `sketches` (at least one, all of one precision); byte for
     byte the sketch `hll_build` makes of all their ids. ValueError for bytes that are not a

@@ -15,7 +15,8 @@ documents the byte format, version `HLL_VERSION`): `hll_build(ids, precision)` m
 `hll_merge(sketches)` the sketch of their union, `hll_estimate(sketch)` the distinct count,
 within a relative standard error of `hll_standard_error(precision)` = 1.04 / sqrt(2^p)
 (1.625 % at the default precision 12). A sketch of a few ids is a few bytes (its sparse
-form), of many ids 2^p bytes.
+form), of many ids 2^p bytes. `pair_copy(rows_json, dims)` sums a rebuild's pair rollup rows
+and encodes them as COPY tuples (rust/normalize/src/pair_rows.rs).
 """
 
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from analytics._normalize import (
     normalize_batch,
     normalize_compat,
     normalize_event_name,
+    pair_copy,
     sign,
     verify_signature,
 )
@@ -81,6 +83,7 @@ __all__ = [
     "normalize_batch",
     "normalize_compat",
     "normalize_event_name",
+    "pair_copy",
     "sign",
     "verify_signature",
 ]

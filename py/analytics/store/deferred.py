@@ -28,11 +28,16 @@ from typing import Any
 
 import asyncpg
 
+from analytics.normalize import pair_copy
 from analytics.store.citus import is_citus
-from analytics.store.rollups import fold_sql, lock_job
+from analytics.store.group_commit import COPY_HEADER, COPY_TRAILER
+from analytics.store.rollups import PAIR_KEY, fold_sql, lock_job
 from analytics.store.sketches import Cpu, merge_users
 
 log = logging.getLogger(__name__)
+
+#: The columns of `pair_copy`'s tuples (rust/normalize/src/pair_rows.rs, PAIR_COLUMNS).
+PAIR_COLUMNS = (*PAIR_KEY, "count", "sum_value")
 
 #: Every folded event (below the watermark, $4) of the hours given as arrays $1..$3, each
 #: hour read through the events' (customer, name, ts) index: a lateral subquery the planner
@@ -80,7 +85,8 @@ class Rebuilder:
         self.hours = FIRST_HOURS
         self._citus: bool | None = None
         # Hour-grain rows only (no minute row: they were written by the fold), replacing;
-        # inserted for bare hours (no row yet: migration 0011).
+        # inserted for bare hours (no row yet: migration 0011), their pair rows summed in
+        # Rust and copied in (`pair_copy`: a third of the SQL's cost).
         self.sql, self.bare_sql = (
             fold_sql(
                 dimensions,
@@ -88,6 +94,7 @@ class Rebuilder:
                 users=True,
                 replace=True,
                 bare=bare,
+                pair_json=bare,
                 minute_since="SELECT 'infinity'::timestamptz",
             )
             for bare in (False, True)
@@ -148,6 +155,16 @@ class Rebuilder:
                 row = await conn.fetchrow(
                     self.bare_sql if bare else self.sql, *keys, mark, timeout=timeout_s
                 )
+                if bare:
+                    data, rows = await cpu(pair_copy, row["pairs"], self.dims)
+                    if rows:
+                        await conn.copy_to_table(
+                            "rollup_pair_hour",
+                            source=memoryview(b"".join([COPY_HEADER, data, COPY_TRAILER])),
+                            columns=list(PAIR_COLUMNS),
+                            format="binary",
+                            timeout=timeout_s,
+                        )
         except asyncpg.UniqueViolationError:
             log.warning("rebuild: a bare hour had rollup rows; rebuilt with upserts")
             row = await conn.fetchrow(self.sql, *keys, mark, timeout=timeout_s)

@@ -103,6 +103,7 @@ def fold_sql(
     defer: str | None = None,
     replace: bool = False,
     bare: bool = False,
+    pair_json: bool = False,
     minute_since: str = MINUTE_SINCE,
 ) -> str:
     """Add (sign 1) or subtract (sign -1) the events of `source` to every rollup table.
@@ -121,8 +122,9 @@ def fold_sql(
     marked in `rollup_dirty` (store/deferred.py); the row also has `deferred`, marks added.
     With `replace` the rows written replace those stored (a rebuild, given every event of
     its hours; in key order too: unsorted, a 30-day pair query read a page per row), and
-    with `bare` too they are inserted (hours with no rows: a row found raises);
-    `minute_since` is where minute rows begin (a rebuild writes none: `'infinity'`).
+    with `bare` too they are inserted (hours with no rows: a row found raises). With
+    `pair_json` no pair row is written: `pairs` has their events' groups, as JSON for
+    `normalize.pair_copy`. `minute_since`: where minute rows begin (a rebuild: `'infinity'`).
     """
     dims = sorted(dimensions)
     column = {d: f"d{i}" for i, d in enumerate(dims)}
@@ -206,7 +208,7 @@ def fold_sql(
     WHERE d.val IS NOT NULL AND f.minute < ({minute_since}){kept("f", "f.minute")}
     GROUP BY 1, 2, 3, 4, 5)""",
     ]
-    if pair_rows:
+    if pair_rows and not pair_json:
         ctes.append(
             f"""p_hour AS MATERIALIZED (
     SELECT f.customer_id, f.name, p.da AS dim_a, p.db AS dim_b, p.va AS value_a,
@@ -216,6 +218,11 @@ def fold_sql(
     GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
         )
     results = ["(SELECT count(*) FROM fresh) AS events", *also]
+    if pair_json:
+        hour = "extract(epoch FROM date_trunc('hour', minute, 'UTC'))::bigint"
+        row = f"customer_id, name, {hour}, n, s, json_build_array({', '.join(column.values())})"
+        results.append(f"(SELECT coalesce(json_agg(json_build_array({row}))::text, '[]')"
+                       f" FROM g WHERE true{kept('g', 'minute')}) AS pairs")  # fmt: skip
     if users:
         values = [f"f.{column[d]}" for d in dims]
         from_where = f"FROM fresh f {identity_join('f')} WHERE true{kept('f', 'f.ts')}"
@@ -232,7 +239,7 @@ def fold_sql(
     # Only a subtraction can leave a row at 0 (counts only grow otherwise): only then are
     # the rows written returned, for the emptied ones.
     returning = "\n    RETURNING r.*" if sign < 0 else ""
-    for table in tables_for(dimensions):
+    for table in (t for t in tables_for(dimensions) if not (pair_json and t.pair)):
         delta = f"{'p' if table.pair else 's'}_{table.grain}"
         key = ", ".join(table.key)
         order = ", ".join(

@@ -70,6 +70,11 @@ pub fn opt_float8(out: &mut Vec<u8>, v: Option<f64>) {
     }
 }
 
+pub fn int8(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(&8i32.to_be_bytes());
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
 pub fn int2(out: &mut Vec<u8>, v: i16) {
     out.extend_from_slice(&2i32.to_be_bytes());
     out.extend_from_slice(&v.to_be_bytes());

@@ -5,7 +5,7 @@
 
 use crate::columns::{self, Column};
 use crate::error::ErrorCode;
-use crate::{compat, event, hll, hll_group, signature, Limits, Normalized};
+use crate::{compat, event, hll, hll_group, pair_rows, signature, Limits, Normalized};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -292,6 +292,22 @@ fn hll_group_users(
         .collect())
 }
 
+/// A rebuild's pair rollup rows of `rows_json` (pair_rows.rs: one JSON row per group of
+/// events, `[customer, name, hour, events, sum, [values of dims]]`, dims sorted), as binary
+/// COPY tuples of `rollup_pair_hour` in key order (no header or trailer), and how many.
+/// Parsing, summing and sorting run without the GIL.
+#[pyfunction]
+fn pair_copy(
+    py: Python<'_>,
+    rows_json: PyBackedStr,
+    dims: Vec<String>,
+) -> PyResult<(Py<PyBytes>, usize)> {
+    let (data, n) = py
+        .detach(|| pair_rows::pair_copy(&rows_json, &dims))
+        .map_err(|e| PyValueError::new_err(e.0))?;
+    Ok((PyBytes::new(py, &data).unbind(), n))
+}
+
 /// The merge of `sketches` (at least one, all of one precision): the sketch of the union.
 #[pyfunction]
 fn hll_merge(py: Python<'_>, sketches: Vec<PyBackedBytes>) -> PyResult<Py<PyBytes>> {
@@ -332,6 +348,7 @@ fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hll_build, m)?)?;
     m.add_function(wrap_pyfunction!(hll_group_users, m)?)?;
     m.add_function(wrap_pyfunction!(hll_merge, m)?)?;
+    m.add_function(wrap_pyfunction!(pair_copy, m)?)?;
     m.add_function(wrap_pyfunction!(hll_estimate, m)?)?;
     m.add_function(wrap_pyfunction!(hll_standard_error, m)?)?;
     m.add("HLL_DEFAULT_PRECISION", hll::DEFAULT_P)?;
