@@ -7,7 +7,9 @@
 //! [dimension values]]`), and this module groups the users by sketch key and builds the
 //! sketches: a HyperLogLog needs no DISTINCT, so the users go straight into it.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::hll::{HllError, Sketch};
 
@@ -30,7 +32,11 @@ pub fn group_users(
 ) -> Result<Vec<(Key, Sketch)>, HllError> {
     let rows: Vec<Row> =
         serde_json::from_str(rows_json).map_err(|e| HllError(format!("users rows: {e}")))?;
-    let mut users: BTreeMap<Key, Vec<&str>> = BTreeMap::new();
+    let missing: Vec<String> = dims.iter().map(|d| format!("{MISSING}{d}")).collect();
+    // Keys borrowed from the rows (no string built per event and key), hashed, then sorted:
+    // a third of the time of a BTreeMap of owned keys.
+    let mut users: HashMap<(i64, &str, &str, &str, i64), Vec<&str>, Xxh3DefaultBuilder> =
+        HashMap::default();
     for (customer, name, hour, user, values) in &rows {
         if values.len() != dims.len() {
             return Err(HllError(format!(
@@ -39,23 +45,30 @@ pub fn group_users(
                 dims.len()
             )));
         }
-        let mut add = |dim: String, value: String| {
+        let total = std::iter::once(("", ""));
+        let each = dims
+            .iter()
+            .zip(&missing)
+            .zip(values)
+            .map(|((dim, gone), value)| match value {
+                Some(v) => (dim.as_str(), v.as_str()),
+                None => (gone.as_str(), ""),
+            });
+        for (dim, value) in total.chain(each) {
             users
-                .entry((*customer, name.to_string(), dim, value, *hour))
+                .entry((*customer, name, dim, value, *hour))
                 .or_default()
                 .push(user.as_str());
-        };
-        add(String::new(), String::new());
-        for (dim, value) in dims.iter().zip(values) {
-            match value {
-                Some(v) => add(dim.clone(), v.clone()),
-                None => add(format!("{MISSING}{dim}"), String::new()),
-            }
         }
     }
-    users
+    let mut groups: Vec<_> = users.into_iter().collect();
+    groups.sort_unstable_by(|(a, _), (b, _)| a.cmp(b)); // &str orders as bytes, like String
+    groups
         .into_iter()
-        .map(|(key, ids)| Sketch::of(p, ids).map(|s| (key, s)))
+        .map(|((c, n, d, v, h), ids)| {
+            let key = (c, n.to_string(), d.to_string(), v.to_string(), h);
+            Sketch::of(p, ids).map(|s| (key, s))
+        })
         .collect()
 }
 

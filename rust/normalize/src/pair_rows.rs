@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
 use crate::copy;
 use crate::hll::HllError;
 
@@ -47,7 +49,7 @@ pub fn pair_copy(rows_json: &str, dims: &[String]) -> Result<(Vec<u8>, usize), H
     }
     let rows: Vec<Row> =
         serde_json::from_str(rows_json).map_err(|e| HllError(format!("pair rows: {e}")))?;
-    let mut sums: HashMap<Key<'_>, (i64, f64)> = HashMap::new();
+    let mut sums: HashMap<Key<'_>, (i64, f64), Xxh3DefaultBuilder> = HashMap::default();
     for (customer, name, hour, n, s, values) in &rows {
         if values.len() != dims.len() {
             return Err(HllError(format!(
