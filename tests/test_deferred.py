@@ -16,7 +16,7 @@ from analytics.pipeline.rollup_job import RollupJob
 from analytics.settings import DEFAULT_DIMENSIONS
 from analytics.store.deferred import Rebuilder, marked_hours
 from analytics.store.erase import erase_user
-from analytics.store.rollups import FOLD_MAX_EVENTS, Folder, pending_events
+from analytics.store.rollups import BACKFILL_EVENTS, FOLD_MAX_EVENTS, Folder, pending_events
 from analytics.store.series import MetricsQuery
 from analytics.store.sketches import inline
 from test_rollups import (
@@ -194,23 +194,41 @@ async def test_the_job_rebuilds_the_hours_a_backlog_deferred(pool):
 
 @pytest.mark.parametrize("max_events", [FOLD_MAX_EVENTS, 150], ids=["caught-up", "backlog"])
 async def test_events_below_the_minute_horizon_reach_the_hour_rollups_either_way(pool, max_events):
-    """With a minute horizon (every event here is older), a caught-up fold adds its events to
-    the hour rollups and a backlog's folds mark them for the rebuild: both end with every
-    event in the hour rollups, and the same hour and pair rows."""
-    await store(pool, random_events(random.Random(59), 700))
+    """With a minute horizon (every event here is older), a caught-up fold of fewer old
+    events than a backfill's (`BACKFILL_EVENTS`) adds them to the hour rollups and a
+    backlog's folds mark them for the rebuild: both end with every event in the hour
+    rollups, and the same hour and pair rows."""
+    assert 400 < BACKFILL_EVENTS
+    await store(pool, random_events(random.Random(59), 400))
     async with pool.acquire() as conn:
         await fold_backlog(conn, Folder(DEFAULT_DIMENSIONS, minute_horizon_h=25), max_events)
-        assert (await marked_hours(conn) > 0) == (max_events < 700)
+        assert (await marked_hours(conn) > 0) == (max_events < 400)
         await check_every_shape(pool)
         await rebuild_all(conn)
     await check_every_shape(pool)
     assert await pool.fetchval("SELECT count(*) FROM rollup_minute") == 0
     total = await pool.fetchval("SELECT sum(count) FROM rollup_hour WHERE dim = ''")
-    assert total == 700
+    assert total == 400
     got = await tables(pool)
     want = await refold_without_deferring(pool)
     for table in ("rollup_hour", "rollup_pair_hour", "rollup_users_hour"):
         assert got[table] == want[table]
+
+
+async def test_a_caught_up_fold_of_a_backfill_defers_its_hours_bare(pool):
+    """A fold that takes every pending event, most of them old and at least
+    `BACKFILL_EVENTS`, is a backfill's first: it marks its hours before any of their rows
+    exists, so each is rebuilt with inserts."""
+    await store(pool, random_events(random.Random(73), BACKFILL_EVENTS + 100))
+    async with pool.acquire() as conn:
+        folded = await Folder(DEFAULT_DIMENSIONS).fold(conn, 30.0)
+        assert not folded.more and folded.deferred > 50
+        assert await conn.fetchval("SELECT bool_and(bare) FROM rollup_dirty")
+        assert await conn.fetchval("SELECT count(*) FROM rollup_hour") == 0
+        await check_every_shape(pool)
+        await rebuild_all(conn, max_hours=100)
+    await check_every_shape(pool)
+    assert await tables(pool) == await refold_without_deferring(pool)
 
 
 async def test_a_few_late_events_of_full_hours_are_folded_as_they_come(pool):
