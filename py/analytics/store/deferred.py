@@ -3,9 +3,10 @@
 A fold of a backlog (store/rollups.py `Folder.fold`, `DEFER_AFTER`) leaves the events of old
 hours out of `rollup_hour`, `rollup_pair_hour` and `rollup_users_hour`, and marks each such
 (customer, name, hour) in `rollup_dirty`. Minute rows are written as always. `rebuild` then
-takes the oldest marks, computes those hours' rows from every folded raw event of them (the
-fold's own SQL over a different source, replacing the stored rows instead of adding to
-them) and deletes the marks, in one transaction under the job's lock. So in any snapshot a
+takes the oldest marks, computes those hours' rows from every folded raw event of them (read
+with the fold's dimension values, summed and sketched in Rust: `normalize.rebuild_rows`),
+writes them over the stored rows and deletes the marks, in one transaction under the job's
+lock. So in any snapshot a
 marked hour's rows are stale and an unmarked hour's rows hold every event below the
 watermark: queries read a marked hour from the raw events only (`clean`, `dirty_hours`).
 
@@ -28,16 +29,15 @@ from typing import Any
 
 import asyncpg
 
-from analytics.normalize import pair_copy
+from analytics.normalize import rebuild_rows
 from analytics.store.citus import is_citus
+from analytics.store.dimensions import fresh_ctes
 from analytics.store.group_commit import COPY_HEADER, COPY_TRAILER
-from analytics.store.rollups import PAIR_KEY, fold_sql, lock_job
-from analytics.store.sketches import Cpu, merge_users
+from analytics.store.identities import identified_user, identity_join
+from analytics.store.rollups import PAIR_KEY, SINGLE_KEY, lock_job
+from analytics.store.sketches import Cpu, write_sketches
 
 log = logging.getLogger(__name__)
-
-#: The columns of `pair_copy`'s tuples (rust/normalize/src/pair_rows.rs, PAIR_COLUMNS).
-PAIR_COLUMNS = (*PAIR_KEY, "count", "sum_value")
 
 #: Every folded event (below the watermark, $4) of the hours given as arrays $1..$3, each
 #: hour read through the events' (customer, name, ts) index: a lateral subquery the planner
@@ -49,6 +49,19 @@ _SOURCE = """SELECT e.customer_id, e.name, e.ts, e.value, e.properties, e.flags,
         AND name = d.name COLLATE "C" AND ts >= d.hour AND ts < d.hour + interval '1 hour'
         AND xid < $4::text::xid8 OFFSET 0) AS e"""
 
+
+def rebuild_sql(dimensions: tuple[str, ...]) -> str:
+    """The events of the hours `_SOURCE` reads: how many, and each one as a JSON row for
+    `normalize.rebuild_rows` (`[customer, name, hour, value, user as identified, [the value
+    of each dimension of sorted(dimensions)]]`), read once, dimensions as the fold reads them."""
+    values = ", ".join(f"f.d{i}" for i in range(len(dimensions)))
+    return f"""WITH {", ".join(fresh_ctes(dimensions, _SOURCE, users=True))}
+SELECT count(*) AS events, coalesce(json_agg(json_build_array(f.customer_id, f.name,
+    extract(epoch FROM date_trunc('hour', f.ts, 'UTC'))::bigint, f.value,
+    {identified_user("f")}, json_build_array({values})))::text, '[]') AS rows
+FROM fresh f {identity_join("f")}"""
+
+
 #: The oldest marks first (a mark's hour is rebuilt whole, whatever its size), none that a
 #: rebuild running beside this one took.
 _PICK_SQL = """SELECT customer_id, name, hour, bare FROM rollup_dirty
@@ -59,15 +72,22 @@ _UNMARK_SQL = """DELETE FROM rollup_dirty d
     WHERE d.customer_id = k.customer_id AND d.name = k.name COLLATE "C" AND d.hour = k.hour"""
 
 
-#: Where a rebuild's pair rows for hours with rows already wait to be upserted (the
-#: session's own table, emptied as they are).
-_STAGED_SQL = """CREATE TEMP TABLE IF NOT EXISTS rebuilt_pairs (LIKE rollup_pair_hour)
-    ON COMMIT DELETE ROWS"""
-_KEY = ", ".join(PAIR_KEY)
-_UPSERT_STAGED_SQL = f"""WITH staged AS (DELETE FROM rebuilt_pairs RETURNING *)
-    INSERT INTO rollup_pair_hour AS r ({_KEY}, count, sum_value)
-    SELECT {_KEY}, count, sum_value FROM staged
-    ON CONFLICT ({_KEY}) DO UPDATE SET count = excluded.count, sum_value = excluded.sum_value"""
+def _staged(table: str, key: tuple[str, ...]) -> tuple[str, str, str]:
+    """For `table`: the session's own table where a rebuild's rows of hours with rows already
+    wait (emptied as they are upserted), and the upsert from it, replacing the stored rows
+    (the rows of an hour that has some are a subset of those its events make)."""
+    staging, columns = f"rebuilt_{table}", ", ".join(key)
+    create = f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS"
+    upsert = f"""WITH staged AS (DELETE FROM {staging} RETURNING *)
+    INSERT INTO {table} AS r ({columns}, count, sum_value)
+    SELECT {columns}, count, sum_value FROM staged
+    ON CONFLICT ({columns}) DO UPDATE SET count = excluded.count, sum_value = excluded.sum_value"""
+    return staging, create, upsert
+
+
+#: The tables a rebuild copies its rows into (`rebuild_rows`'s tuples: the key, count,
+#: sum_value), with their staging (`_staged`).
+_TABLES = (("rollup_hour", SINGLE_KEY), ("rollup_pair_hour", PAIR_KEY))
 
 
 @dataclass(frozen=True)
@@ -95,21 +115,7 @@ class Rebuilder:
         #: Marks the next rebuild takes (`REBUILD_S`).
         self.hours = FIRST_HOURS
         self._citus: bool | None = None
-        # Hour-grain rows only (no minute row: they were written by the fold), replacing;
-        # inserted for bare hours (no row yet: migration 0011); the pair rows summed in
-        # Rust and copied in (`pair_copy`), or upserted from a copy (`_rows`).
-        self.sql, self.bare_sql = (
-            fold_sql(
-                dimensions,
-                _SOURCE,
-                users=True,
-                replace=True,
-                bare=bare,
-                pair_json=True,
-                minute_since="SELECT 'infinity'::timestamptz",
-            )
-            for bare in (False, True)
-        )
+        self.sql = rebuild_sql(dimensions)
 
     async def rebuild(
         self, conn: asyncpg.Connection, timeout_s: float, cpu: Cpu, max_hours: int | None = None
@@ -158,50 +164,42 @@ class Rebuilder:
         timeout_s: float,
         cpu: Cpu,
     ) -> int:
-        """Rebuild and unmark these hours (bare: with plain INSERTs; should one of them have
-        a row after all, with upserts instead); the events they hold."""
+        """Rebuild and unmark these hours (bare: their rows copied in; should one of them
+        have a row after all, upserted instead); the events they hold."""
         keys: list[list[Any]] = [list(c) for c in zip(*marks, strict=True)]
+        row = await conn.fetchrow(self.sql, *keys, mark, timeout=timeout_s)
+        hours, pairs, sketches = await cpu(rebuild_rows, row["rows"], self.dims)
         try:
             async with conn.transaction():  # a savepoint: a bare hour's conflict undoes it
-                row = await self._rows(conn, keys, mark, bare, timeout_s, cpu)
+                await self._copy(conn, (hours, pairs), bare, timeout_s)
         except asyncpg.UniqueViolationError:
             log.warning("rebuild: a bare hour had rollup rows; rebuilt with upserts")
-            row = await self._rows(conn, keys, mark, False, timeout_s, cpu)
-        if row["events"]:
-            await merge_users(conn, row["users"], self.dims, cpu, timeout_s, replace=True)
+            await self._copy(conn, (hours, pairs), False, timeout_s)
+        await write_sketches(conn, sketches, timeout_s)
         await conn.execute(_UNMARK_SQL, *keys, timeout=timeout_s)
         return row["events"]
 
-    async def _rows(
-        self,
-        conn: asyncpg.Connection,
-        keys: list[list[Any]],
-        mark: str,
-        bare: bool,
-        timeout_s: float,
-        cpu: Cpu,
-    ) -> asyncpg.Record:
-        """Write the hours' hour rows, and their pair rows (`pair_copy`): copied into the
-        table when bare, else copied into `_STAGED_SQL`'s table and upserted from there (the
-        rows of an hour that has some are a subset of those its events make). In SQL, the
-        pairs were 80 % of a rebuild's cost: ~11 µs a row to spread, hash, sort and insert,
-        and 5 more to upsert."""
-        sql = self.bare_sql if bare else self.sql
-        row = await conn.fetchrow(sql, *keys, mark, timeout=timeout_s)
-        data, rows = await cpu(pair_copy, row["pairs"], self.dims)
-        if rows:
+    async def _copy(
+        self, conn: asyncpg.Connection, tuples: tuple[bytes, bytes], bare: bool, timeout_s: float
+    ) -> None:
+        """The hour and pair rows (`rebuild_rows`' COPY tuples) into their tables: copied in
+        when bare (a plain insert), else copied into a staging table and upserted from it.
+        In SQL (spread, hashed, sorted, upserted), the pair rows were 80 % of a rebuild."""
+        for data, (table, key) in zip(tuples, _TABLES, strict=True):
+            if not data:
+                continue
+            staging, create, upsert = _staged(table, key)
             if not bare:
-                await conn.execute(_STAGED_SQL, timeout=timeout_s)
+                await conn.execute(create, timeout=timeout_s)
             await conn.copy_to_table(
-                "rollup_pair_hour" if bare else "rebuilt_pairs",
+                table if bare else staging,
                 source=memoryview(b"".join([COPY_HEADER, data, COPY_TRAILER])),
-                columns=list(PAIR_COLUMNS),
+                columns=[*key, "count", "sum_value"],
                 format="binary",
                 timeout=timeout_s,
             )
             if not bare:
-                await conn.execute(_UPSERT_STAGED_SQL, timeout=timeout_s)
-        return row
+                await conn.execute(upsert, timeout=timeout_s)
 
 
 async def marked_hours(conn: asyncpg.Connection | asyncpg.Pool) -> int:

@@ -91,3 +91,24 @@ def dimension_expr(
     else:
         value = f"({props}->>'{dim}')"
     return f"left({value}, {MAX_DIM_VALUE_CHARS})"
+
+
+def fresh_ctes(
+    dimensions: tuple[str, ...], source: str, *, users: bool, reread: bool = False
+) -> list[str]:
+    """CTEs: `src`, the events of `source` (SQL), and `fresh`, each with its customer_id,
+    name, ts, value, (with `users`) user_id, and the value of each dimension of
+    `sorted(dimensions)` read from its JSON once, as d0, d1, ... `reread`: another CTE reads
+    `src` too (then kept, MATERIALIZED; else inlined, so the events' JSON is not copied
+    into a tuplestore on the way)."""
+    dims = sorted(dimensions)
+    ua = "u.ua" if "browser" in dims else None
+    extracted = ", ".join(
+        f"{dimension_expr(d, 'e.properties', flags='e.flags', ua=ua)} AS d{i}"
+        for i, d in enumerate(dims)
+    )
+    return [
+        f"src AS {'MATERIALIZED' if reread else 'NOT MATERIALIZED'} ({source})",
+        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
+        f"{', e.user_id' if users else ''} FROM src e{' ' + UA_LATERAL if ua else ''})",
+    ]

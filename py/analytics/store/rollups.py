@@ -31,7 +31,7 @@ from itertools import combinations
 import asyncpg
 
 from analytics.store.citus import SEQUENTIAL_SQL, is_citus, settled
-from analytics.store.dimensions import UA_LATERAL, dimension_expr
+from analytics.store.dimensions import fresh_ctes
 from analytics.store.identities import identity_join
 from analytics.store.sketches import Cpu, inline, merge_users, users_json
 
@@ -102,10 +102,6 @@ def fold_sql(
     users: bool = False,
     defer: str | None = None,
     backlog: str = "true",
-    replace: bool = False,
-    bare: bool = False,
-    pair_json: bool = False,
-    minute_since: str = MINUTE_SINCE,
 ) -> str:
     """Add (sign 1) or subtract (sign -1) the events of `source` to every rollup table.
 
@@ -122,18 +118,9 @@ def fold_sql(
     rules of `DEFER_AFTER` pick are left out of the hour-grain tables and the users, and
     marked in `rollup_dirty` (store/deferred.py); the row also has `deferred`, marks added
     (`backlog`, SQL of a boolean: false leaves out the rule of `DEFER_SHARE`).
-    With `replace` the rows written replace those stored (a rebuild, given every event of
-    its hours; in key order too: unsorted, a 30-day pair query read a page per row), and
-    with `bare` too they are inserted (hours with no rows: a row found raises). With
-    `pair_json` no pair row is written: `pairs` has their events' groups, as JSON for
-    `normalize.pair_copy`. `minute_since`: where minute rows begin (a rebuild: `'infinity'`).
     """
     dims = sorted(dimensions)
     column = {d: f"d{i}" for i, d in enumerate(dims)}
-    ua = "u.ua" if "browser" in dims else None
-    extracted = ", ".join(
-        f"{dimension_expr(d, 'e.properties', flags='e.flags', ua=ua)} AS {column[d]}" for d in dims
-    )
     singles = ", ".join(["('', '')", *(f"('{d}', f.{column[d]})" for d in dims)])
     pair_rows = ", ".join(
         f"('{a}', '{b}', f.{column[a]}, f.{column[b]})" for a, b in pairs(dimensions)
@@ -157,11 +144,7 @@ def fold_sql(
     )
     ctes = [
         *before,
-        # Read once, by `fresh`, unless `also` reads it too: then kept (MATERIALIZED); else
-        # inlined, so the events' JSON is not copied into a tuplestore on the way.
-        f"src AS {'MATERIALIZED' if also else 'NOT MATERIALIZED'} ({source})",
-        f"fresh AS MATERIALIZED (SELECT e.customer_id, e.name, e.ts, e.value, {extracted}"
-        f"{', e.user_id' if users else ''} FROM src e{' ' + UA_LATERAL if ua else ''})",
+        *fresh_ctes(dimensions, source, users=users, reread=bool(also)),
         # The events per minute and combination of values, before each is spread over the
         # rollup rows it adds to: current events share combinations, so the spreading below
         # handles a fraction of the rows (a backfill's events mostly keep their own).
@@ -174,7 +157,7 @@ def fold_sql(
     SELECT f.customer_id, f.name, d.dim, d.val AS dim_value, f.minute AS bucket,
            {n} AS n, {s} AS s
     FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL AND f.minute >= ({minute_since}) GROUP BY 1, 2, 3, 4, 5)""",
+    WHERE d.val IS NOT NULL AND f.minute >= ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
     ]
     if defer:
         # The old hours (before `defer`) to mark instead: those this fold brings a good share
@@ -207,10 +190,10 @@ def fold_sql(
     UNION ALL
     SELECT f.customer_id, f.name, d.dim, d.val, date_trunc('hour', f.minute, 'UTC'), {n}, {s}
     FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL AND f.minute < ({minute_since}){kept("f", "f.minute")}
+    WHERE d.val IS NOT NULL AND f.minute < ({MINUTE_SINCE}){kept("f", "f.minute")}
     GROUP BY 1, 2, 3, 4, 5)""",
     ]
-    if pair_rows and not pair_json:
+    if pair_rows:
         ctes.append(
             f"""p_hour AS MATERIALIZED (
     SELECT f.customer_id, f.name, p.da AS dim_a, p.db AS dim_b, p.va AS value_a,
@@ -220,11 +203,6 @@ def fold_sql(
     GROUP BY 1, 2, 3, 4, 5, 6, 7)""",
         )
     results = ["(SELECT count(*) FROM fresh) AS events", *also]
-    if pair_json:
-        hour = "extract(epoch FROM date_trunc('hour', minute, 'UTC'))::bigint"
-        row = f"customer_id, name, {hour}, n, s, json_build_array({', '.join(column.values())})"
-        results.append(f"(SELECT coalesce(json_agg(json_build_array({row}))::text, '[]')"
-                       f" FROM g WHERE true{kept('g', 'minute')}) AS pairs")  # fmt: skip
     if users:
         values = [f"f.{column[d]}" for d in dims]
         from_where = f"FROM fresh f {identity_join('f')} WHERE true{kept('f', 'f.ts')}"
@@ -237,24 +215,22 @@ def fold_sql(
     ON CONFLICT DO NOTHING RETURNING 1)"""
         )
         results.append("(SELECT count(*) FROM dirty) AS deferred")
-    add = "" if replace else "r.{0} + "
     # Only a subtraction can leave a row at 0 (counts only grow otherwise): only then are
     # the rows written returned, for the emptied ones.
     returning = "\n    RETURNING r.*" if sign < 0 else ""
-    for table in (t for t in tables_for(dimensions) if not (pair_json and t.pair)):
+    for table in tables_for(dimensions):
         delta = f"{'p' if table.pair else 's'}_{table.grain}"
         key = ", ".join(table.key)
         order = ", ".join(
             c if c in ("customer_id", "bucket") else f'{c} COLLATE "C"' for c in table.key
         )
-        upsert = f"""
-    ON CONFLICT ({key}) DO UPDATE
-        SET count = {add.format("count")}excluded.count,
-            sum_value = {add.format("sum_value")}excluded.sum_value{returning}"""
         ctes.append(
             f"""up_{table.name} AS (
     INSERT INTO {table.name} AS r ({key}, count, sum_value)
-    SELECT {key}, n, s FROM {delta} ORDER BY {order}{"" if bare else upsert})"""
+    SELECT {key}, n, s FROM {delta} ORDER BY {order}
+    ON CONFLICT ({key}) DO UPDATE
+        SET count = r.count + excluded.count,
+            sum_value = r.sum_value + excluded.sum_value{returning})"""
         )
         if sign < 0:
             results.append(

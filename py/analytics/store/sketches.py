@@ -121,26 +121,32 @@ async def merge_users(
     dims: list[str],
     cpu: Cpu,
     timeout_s: float,
-    *,
-    replace: bool = False,
 ) -> int:
     """Merge the users of `rows_json` (as `users_json` gives them, over `dims`, sorted) into
-    the stored sketches (or, with `replace`, write them over the stored ones: a rebuild from
-    every event of their hours); returns how many sketches were written. Runs inside the
-    caller's transaction (the fold's). What is not the driver's own work runs through `cpu`
-    (off the event loop in the service)."""
+    the stored sketches; returns how many sketches were written. Runs inside the caller's
+    transaction (the fold's). What is not the driver's own work runs through `cpu` (off the
+    event loop in the service)."""
     groups, key_columns = await cpu(_groups, rows_json, dims)
     for first in range(0, len(groups), WRITE_CHUNK):
         # The driver encodes a statement's arrays on the loop: a chunk of keys at a time.
         chunk = slice(first, first + WRITE_CHUNK)
         columns = [c[chunk] for c in key_columns]
-        if replace:
-            sketches = [sketch for _, sketch in groups[chunk]]
-        else:
-            stored = await conn.fetch(_STORED_SQL, *columns, timeout=timeout_s)
-            sketches = await cpu(merged_sketches, groups[chunk], stored)
+        stored = await conn.fetch(_STORED_SQL, *columns, timeout=timeout_s)
+        sketches = await cpu(merged_sketches, groups[chunk], stored)
         await conn.execute(_WRITE_SQL, *columns, sketches, timeout=timeout_s)
     return len(groups)
+
+
+async def write_sketches(
+    conn: asyncpg.Connection, sketches: Sequence[tuple[Any, ...]], timeout_s: float
+) -> None:
+    """Write `sketches` (as `hll_group` gives them: every user of their keys, in key order)
+    over the stored ones: a rebuild's, from every event of their hours."""
+    for first in range(0, len(sketches), WRITE_CHUNK):
+        chunk = sketches[first : first + WRITE_CHUNK]
+        c, n, d, v, h, b = (list(col) for col in zip(*chunk, strict=True))
+        hours = [datetime.fromtimestamp(x, UTC) for x in h]
+        await conn.execute(_WRITE_SQL, c, n, d, v, hours, b, timeout=timeout_s)
 
 
 async def inline(fn: Callable[..., Any], *args: Any) -> Any:

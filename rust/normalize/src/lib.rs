@@ -13,7 +13,7 @@ pub mod hll;
 pub mod hll_group;
 pub mod json;
 pub mod limits;
-pub mod pair_rows;
+pub mod rebuild;
 pub mod signature;
 pub mod time;
 

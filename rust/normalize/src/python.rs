@@ -5,7 +5,7 @@
 
 use crate::columns::{self, Column};
 use crate::error::ErrorCode;
-use crate::{compat, event, hll, hll_group, pair_rows, signature, Limits, Normalized};
+use crate::{compat, event, hll, hll_group, rebuild, signature, Limits, Normalized};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -292,20 +292,45 @@ fn hll_group_users(
         .collect())
 }
 
-/// A rebuild's pair rollup rows of `rows_json` (pair_rows.rs: one JSON row per group of
-/// events, `[customer, name, hour, events, sum, [values of dims]]`, dims sorted), as binary
-/// COPY tuples of `rollup_pair_hour` in key order (no header or trailer), and how many.
-/// Parsing, summing and sorting run without the GIL.
+/// A rebuild's hour-grain rollups of `rows_json` (rebuild.rs: one JSON row per event,
+/// `[customer, name, hour, value, user, [values of dims]]`, dims sorted): the binary COPY
+/// tuples of its `rollup_hour` rows and of its `rollup_pair_hour` rows (each in key order,
+/// no header or trailer) and its sketches as `hll_group` gives them. Runs without the GIL.
 #[pyfunction]
-fn pair_copy(
+#[pyo3(signature = (rows_json, dims, precision = i64::from(hll::DEFAULT_P)))]
+#[allow(clippy::type_complexity)]
+fn rebuild_rows(
     py: Python<'_>,
     rows_json: PyBackedStr,
     dims: Vec<String>,
-) -> PyResult<(Py<PyBytes>, usize)> {
-    let (data, n) = py
-        .detach(|| pair_rows::pair_copy(&rows_json, &dims))
+    precision: i64,
+) -> PyResult<(
+    Py<PyBytes>,
+    Py<PyBytes>,
+    Vec<(i64, String, String, String, i64, Py<PyBytes>)>,
+)> {
+    let precision = hll_precision(precision)?;
+    let (hours, pairs, sketches) = py
+        .detach(|| {
+            rebuild::rebuild_rows(&rows_json, &dims, precision).map(|r| {
+                let sketches: Vec<_> = r
+                    .sketches
+                    .into_iter()
+                    .map(|(k, s)| (k, s.to_bytes()))
+                    .collect();
+                (r.hours, r.pairs, sketches)
+            })
+        })
         .map_err(|e| PyValueError::new_err(e.0))?;
-    Ok((PyBytes::new(py, &data).unbind(), n))
+    let sketches = sketches
+        .into_iter()
+        .map(|((c, n, d, v, h), bytes)| (c, n, d, v, h, PyBytes::new(py, &bytes).unbind()))
+        .collect();
+    Ok((
+        PyBytes::new(py, &hours).unbind(),
+        PyBytes::new(py, &pairs).unbind(),
+        sketches,
+    ))
 }
 
 /// The merge of `sketches` (at least one, all of one precision): the sketch of the union.
@@ -348,7 +373,7 @@ fn _normalize(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hll_build, m)?)?;
     m.add_function(wrap_pyfunction!(hll_group_users, m)?)?;
     m.add_function(wrap_pyfunction!(hll_merge, m)?)?;
-    m.add_function(wrap_pyfunction!(pair_copy, m)?)?;
+    m.add_function(wrap_pyfunction!(rebuild_rows, m)?)?;
     m.add_function(wrap_pyfunction!(hll_estimate, m)?)?;
     m.add_function(wrap_pyfunction!(hll_standard_error, m)?)?;
     m.add("HLL_DEFAULT_PRECISION", hll::DEFAULT_P)?;
