@@ -14,9 +14,11 @@ import asyncpg
 import pytest
 
 from analytics.settings import DEFAULT_DIMENSIONS
+from analytics.store.deferred import marked_hours
 from analytics.store.partitions import ensure_partitions
 from analytics.store.rollups import MIN_MINUTE_HORIZON_H, Folder
 from analytics.store.series import MetricsQuery, fetch_series
+from test_deferred import fold_backlog, rebuild_all, tables
 from test_rollups import answer, store
 
 pytestmark = pytest.mark.anyio
@@ -134,7 +136,8 @@ async def test_minute_rows_made_before_the_horizon_moved_are_swept_and_never_rea
     now = datetime.now(UTC)
     await store(pool, recent_events(random.Random(43), 600, now, "c"))
     async with pool.acquire() as conn:
-        await Folder(DEFAULT_DIMENSIONS).fold(conn, 30.0)  # no horizon: every minute row
+        # No horizon: every minute row (and folded as they come, as that release did).
+        await Folder(DEFAULT_DIMENSIONS, defer=False).fold(conn, 30.0)
     assert not await pool.fetchval("SELECT isfinite(minute_since) FROM rollup_state")
     before, oldest = await minute_rows(pool)
     boundary = _floor_hour(now - timedelta(hours=HORIZON_H))
@@ -158,3 +161,39 @@ async def test_minute_rows_made_before_the_horizon_moved_are_swept_and_never_rea
         "SELECT count(*) FROM events WHERE ts >= $1 AND properties ? 'path'", boundary
     )
     assert await pool.fetchval("SELECT sum(count) FROM rollup_minute WHERE dim = 'path'") == above
+
+
+async def test_hours_a_backlog_deferred_get_their_minute_rows_from_the_rebuild(pool):
+    """A backlog's folds leave the minute rows of the hours they mark out too: minute queries
+    read those hours from the raw events meanwhile, and the rebuild writes their minute rows
+    from the horizon on, the rows folding every event as it came makes."""
+    now = datetime.now(UTC)
+    await store(pool, recent_events(random.Random(79), 900, now, "m"))
+    folder = Folder(DEFAULT_DIMENSIONS, minute_horizon_h=HORIZON_H)
+    async with pool.acquire() as conn:
+        assert await fold_backlog(conn, folder, 150) > 0
+        since = await conn.fetchval("SELECT minute_since FROM rollup_state")
+        assert await conn.fetchval("SELECT count(*) FROM rollup_dirty WHERE hour >= $1", since)
+        in_marked = await conn.fetchval(
+            "SELECT count(*) FROM rollup_minute m JOIN rollup_dirty d USING (customer_id, name)"
+            " WHERE d.hour = date_trunc('hour', m.bucket, 'UTC')"
+        )
+        assert in_marked == 0
+        await check_minutes(pool, now)
+        await rebuild_all(conn, max_hours=10)
+        assert await marked_hours(conn) == 0
+    await check_minutes(pool, now)
+    got = await tables(pool)
+    async with pool.acquire() as conn:  # the same events, folded as they came
+        await conn.execute(
+            "TRUNCATE rollup_minute, rollup_hour, rollup_pair_hour, rollup_users_hour;"
+            " UPDATE rollup_state SET watermark = '3'"
+        )
+        refolder = Folder(DEFAULT_DIMENSIONS, minute_horizon_h=HORIZON_H, defer=False)
+        await fold_backlog(conn, refolder, 150)
+        # (Should the hour have turned meanwhile, the horizon moved: rows from it on.)
+        since = await conn.fetchval("SELECT minute_since FROM rollup_state")
+    want = await tables(pool)
+    for t in (got, want):
+        t["rollup_minute"] = [r for r in t["rollup_minute"] if r[4] >= since]
+    assert got == want

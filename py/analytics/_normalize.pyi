@@ -172,16 +172,17 @@ def hll_group(
     without `d`. ValueError for rows that do not parse or have another number of values."""
 
 def rebuild_rows(
-    rows_json: str, dims: Sequence[str], precision: int = 12
-) -> tuple[bytes, bytes, list[tuple[int, str, str, str, int, bytes]]]:
-    """A rebuild's hour-grain rollups: `rows_json` is a JSON array with one row per event,
-    `[customer_id, name, hour (Unix seconds), value or null, user or null, [the value of each
-    of dims (sorted), or null]]`. Returns the binary COPY tuples (no header or trailer, each
-    in key order) of its `rollup_hour` rows (customer_id, name, dim, dim_value, bucket,
-    count, sum_value: the total and each value) and of its `rollup_pair_hour` rows
-    (customer_id, name, dim_a, dim_b, value_a, value_b, bucket, count, sum_value: every pair
-    of non-null values), and its sketches as `hll_group` gives them for the events with a
-    user. ValueError for rows that do not parse, another number of values, or unsorted dims."""
+    rows_json: str, dims: Sequence[str], minute_since: int, precision: int = 12
+) -> tuple[bytes, bytes, bytes, list[tuple[int, str, str, str, int, bytes]]]:
+    """A rebuild's rollups: `rows_json` is a JSON array with one row per event, `[customer_id,
+    name, minute (Unix seconds), value or null, user or null, [the value of each of dims
+    (sorted), or null]]`. Returns the binary COPY tuples (no header or trailer, each in key
+    order) of its `rollup_minute` rows (for the minutes from `minute_since`, Unix seconds,
+    on) and `rollup_hour` rows (customer_id, name, dim, dim_value, bucket, count, sum_value:
+    the total and each value), of its `rollup_pair_hour` rows (customer_id, name, dim_a,
+    dim_b, value_a, value_b, bucket, count, sum_value: every pair of non-null values), and
+    its sketches as `hll_group` gives them for the events with a user. ValueError for rows
+    that do not parse, another number of values, or unsorted dims."""
 
 def hll_merge(sketches: Sequence[bytes]) -> bytes:
     """The sketch of the union of `sketches` (at least one, all of one precision); byte for

@@ -52,15 +52,21 @@ _SOURCE = """SELECT e.customer_id, e.name, e.ts, e.value, e.properties, e.flags,
 
 def rebuild_sql(dimensions: tuple[str, ...]) -> str:
     """The events of the hours `_SOURCE` reads: how many, and each one as a JSON row for
-    `normalize.rebuild_rows` (`[customer, name, hour, value, user as identified, [the value
+    `normalize.rebuild_rows` (`[customer, name, minute, value, user as identified, [the value
     of each dimension of sorted(dimensions)]]`), read once, dimensions as the fold reads them."""
     values = ", ".join(f"f.d{i}" for i in range(len(dimensions)))
     return f"""WITH {", ".join(fresh_ctes(dimensions, _SOURCE, users=True))}
 SELECT count(*) AS events, coalesce(json_agg(json_build_array(f.customer_id, f.name,
-    extract(epoch FROM date_trunc('hour', f.ts, 'UTC'))::bigint, f.value,
+    extract(epoch FROM date_trunc('minute', f.ts, 'UTC'))::bigint, f.value,
     {identified_user("f")}, json_build_array({values})))::text, '[]') AS rows
 FROM fresh f {identity_join("f")}"""
 
+
+#: The watermark, and where minute rows begin (Unix seconds; the minute horizon, store/
+#: rollups.py `MINUTE_SINCE`: before it a rebuild writes none, like a fold).
+_STATE_SQL = """SELECT watermark::text AS watermark, CASE WHEN isfinite(minute_since)
+    THEN extract(epoch FROM minute_since)::bigint ELSE -4611686018427387904 END AS since
+    FROM rollup_state"""
 
 #: The oldest marks first (a mark's hour is rebuilt whole, whatever its size), none that a
 #: rebuild running beside this one took.
@@ -87,7 +93,11 @@ def _staged(table: str, key: tuple[str, ...]) -> tuple[str, str, str]:
 
 #: The tables a rebuild copies its rows into (`rebuild_rows`'s tuples: the key, count,
 #: sum_value), with their staging (`_staged`).
-_TABLES = (("rollup_hour", SINGLE_KEY), ("rollup_pair_hour", PAIR_KEY))
+_TABLES = (
+    ("rollup_minute", SINGLE_KEY),
+    ("rollup_hour", SINGLE_KEY),
+    ("rollup_pair_hour", PAIR_KEY),
+)
 
 
 @dataclass(frozen=True)
@@ -145,21 +155,19 @@ class Rebuilder:
             picked = await conn.fetch(_PICK_SQL, max_hours, timeout=timeout_s)
             if not picked:
                 return Rebuilt(0, 0, False)
-            mark = await conn.fetchval(
-                "SELECT watermark::text FROM rollup_state", timeout=timeout_s
-            )
+            state = await conn.fetchrow(_STATE_SQL, timeout=timeout_s)
             events = 0
             for bare in (False, True):
                 marks = [m[:3] for m in picked if m["bare"] is bare]
                 if marks:
-                    events += await self._write(conn, marks, mark, bare, timeout_s, cpu)
+                    events += await self._write(conn, marks, state, bare, timeout_s, cpu)
         return Rebuilt(len(picked), events, len(picked) == max_hours)
 
     async def _write(
         self,
         conn: asyncpg.Connection,
         marks: list[Any],
-        mark: str,
+        state: asyncpg.Record,
         bare: bool,
         timeout_s: float,
         cpu: Cpu,
@@ -167,22 +175,22 @@ class Rebuilder:
         """Rebuild and unmark these hours (bare: their rows copied in; should one of them
         have a row after all, upserted instead); the events they hold."""
         keys: list[list[Any]] = [list(c) for c in zip(*marks, strict=True)]
-        row = await conn.fetchrow(self.sql, *keys, mark, timeout=timeout_s)
-        hours, pairs, sketches = await cpu(rebuild_rows, row["rows"], self.dims)
+        row = await conn.fetchrow(self.sql, *keys, state["watermark"], timeout=timeout_s)
+        *tuples, sketches = await cpu(rebuild_rows, row["rows"], self.dims, state["since"])
         try:
             async with conn.transaction():  # a savepoint: a bare hour's conflict undoes it
-                await self._copy(conn, (hours, pairs), bare, timeout_s)
+                await self._copy(conn, tuples, bare, timeout_s)
         except asyncpg.UniqueViolationError:
             log.warning("rebuild: a bare hour had rollup rows; rebuilt with upserts")
-            await self._copy(conn, (hours, pairs), False, timeout_s)
+            await self._copy(conn, tuples, False, timeout_s)
         await write_sketches(conn, sketches, timeout_s)
         await conn.execute(_UNMARK_SQL, *keys, timeout=timeout_s)
         return row["events"]
 
     async def _copy(
-        self, conn: asyncpg.Connection, tuples: tuple[bytes, bytes], bare: bool, timeout_s: float
+        self, conn: asyncpg.Connection, tuples: list[bytes], bare: bool, timeout_s: float
     ) -> None:
-        """The hour and pair rows (`rebuild_rows`' COPY tuples) into their tables: copied in
+        """The minute, hour and pair rows (`rebuild_rows`' COPY tuples) into their tables: copied in
         when bare (a plain insert), else copied into a staging table and upserted from it.
         In SQL (spread, hashed, sorted, upserted), the pair rows were 80 % of a rebuild."""
         for data, (table, key) in zip(tuples, _TABLES, strict=True):

@@ -151,13 +151,6 @@ def fold_sql(
         f"""g AS MATERIALIZED (
     SELECT {group}, count(*) AS n, coalesce(sum(f.value), 0) AS s
     FROM fresh f GROUP BY {", ".join(str(i) for i in range(1, 4 + len(dims)))})""",
-        # Minutes only from the minute horizon on (MINUTE_SINCE, an hour boundary): hours
-        # from those minutes, and straight from the events before it.
-        f"""s_minute AS MATERIALIZED (
-    SELECT f.customer_id, f.name, d.dim, d.val AS dim_value, f.minute AS bucket,
-           {n} AS n, {s} AS s
-    FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
-    WHERE d.val IS NOT NULL AND f.minute >= ({MINUTE_SINCE}) GROUP BY 1, 2, 3, 4, 5)""",
     ]
     if defer:
         # The old hours (before `defer`) to mark instead: those this fold brings a good share
@@ -166,8 +159,8 @@ def fold_sql(
         # events of a full hour are folded as they come: a rebuild would read the whole
         # hour again for them.
         # `bare`: no event of the hour is in its rollup rows yet (no total row), so a rebuild
-        # inserts them (migration 0011). A marked hour is left out by every fold (a NULL
-        # `defer`, caught up, too): a rebuild rewrites it anyway.
+        # inserts them (migration 0011). A marked hour is left out of every table by every
+        # fold, its minute rows too (a rebuild writes them).
         ctes.append(
             f"""deferred AS MATERIALIZED (
     SELECT f.customer_id, f.name, f.hour, r.count IS NULL AS bare FROM (
@@ -183,10 +176,18 @@ def fold_sql(
         WHERE d.customer_id = f.customer_id AND d.name = f.name AND d.hour = f.hour))"""
         )
     ctes += [
+        # Minutes only from the minute horizon on (MINUTE_SINCE, an hour boundary): hours
+        # from those minutes, and straight from the events before it.
+        f"""s_minute AS MATERIALIZED (
+    SELECT f.customer_id, f.name, d.dim, d.val AS dim_value, f.minute AS bucket,
+           {n} AS n, {s} AS s
+    FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)
+    WHERE d.val IS NOT NULL AND f.minute >= ({MINUTE_SINCE}){kept("f", "f.minute")}
+    GROUP BY 1, 2, 3, 4, 5)""",
         f"""s_hour AS (
     SELECT customer_id, name, dim, dim_value, date_trunc('hour', bucket, 'UTC') AS bucket,
            sum(n) AS n, sum(s) AS s
-    FROM s_minute WHERE true{kept("s_minute", "bucket")} GROUP BY 1, 2, 3, 4, 5
+    FROM s_minute GROUP BY 1, 2, 3, 4, 5
     UNION ALL
     SELECT f.customer_id, f.name, d.dim, d.val, date_trunc('hour', f.minute, 'UTC'), {n}, {s}
     FROM g f CROSS JOIN LATERAL (VALUES {singles}) AS d(dim, val)

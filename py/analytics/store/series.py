@@ -107,7 +107,8 @@ def _single_sql(
     if since is not None:
         where += f" AND bucket >= {since}"
     if marked:
-        where += f" AND {_clean(q, a, 'bucket')}"
+        hour = "date_trunc('hour', bucket, 'UTC')" if q.interval == "minute" else "bucket"
+        where += f" AND {_clean(q, a, hour)}"
     group = "dim_value" if grouped and dim == q.group_by else "NULL::text"
     return f"""
         SELECT date_trunc({a(q.interval)}, bucket, 'UTC') AS b, {group} AS g,
@@ -188,10 +189,12 @@ def _raw_sql(
         GROUP BY 1, 2"""
 
 
-def deferred_sql(q: MetricsQuery, a: _Args) -> str:
-    """Every raw event of the query in its deferred hours, folded or not (hour grain and
-    coarser; their rollup rows are left out by `_clean`)."""
-    hours = dirty_hours(a(q.customer_id), a(q.name), a(q.start), a(q.end))
+def deferred_sql(q: MetricsQuery, a: _Args, since: str | None = None) -> str:
+    """Every raw event of the query in its deferred hours, folded or not (their rollup rows
+    are left out by `_clean`); a minute query's from `since` on (a parameter: the raw events
+    before it are read whole)."""
+    start = since or a(q.start)
+    hours = dirty_hours(a(q.customer_id), a(q.name), start, a(q.end))
     return _raw_sql(q, a, None, source=hours)
 
 
@@ -200,12 +203,11 @@ def rollup_sql(q: MetricsQuery, marked: bool = False) -> tuple[str, list[object]
     watermark (text, None here), which the caller reads in the same snapshot. A minute
     query's second parameter is where its minute rollups begin (`split`, from the same
     snapshot): its buckets before that are read from every raw event. `marked`: the range
-    has deferred hours (`deferred.any_marked`, in the same snapshot; hour grain and
-    coarser), read from the raw events instead of their rollups."""
+    has deferred hours (`deferred.any_marked`, in the same snapshot), read from the raw
+    events instead of their rollups."""
     a = _Args()
     watermark = a(None)
     since = a(None) if q.interval == "minute" else None
-    marked = marked and q.interval != "minute"
     filters = dict(q.filters)
     parts = []
     if len(q.dims) == 2:
@@ -221,7 +223,7 @@ def rollup_sql(q: MetricsQuery, marked: bool = False) -> tuple[str, list[object]
     if since is not None:
         parts.append(_raw_sql(q, a, None, since, old=True))
     if marked:
-        parts.append(deferred_sql(q, a))
+        parts.append(deferred_sql(q, a, since))
     return " UNION ALL ".join(parts), a.values
 
 
@@ -282,7 +284,7 @@ async def fetch_series(
             # the rollups or among the raw events after the watermark.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 watermark, minute_since = await read_state(conn, q.customer_id)
-                marked = q.interval != "minute" and await any_marked(conn, q, timeout_s)
+                marked = await any_marked(conn, q, timeout_s)
                 sql, args = rollup_sql(q, marked)
                 args[0] = watermark
                 if q.interval == "minute":

@@ -292,33 +292,36 @@ fn hll_group_users(
         .collect())
 }
 
-/// A rebuild's hour-grain rollups of `rows_json` (rebuild.rs: one JSON row per event,
-/// `[customer, name, hour, value, user, [values of dims]]`, dims sorted): the binary COPY
-/// tuples of its `rollup_hour` rows and of its `rollup_pair_hour` rows (each in key order,
-/// no header or trailer) and its sketches as `hll_group` gives them. Runs without the GIL.
+/// A rebuild's rollups of `rows_json` (rebuild.rs: one JSON row per event, `[customer,
+/// name, minute, value, user, [values of dims]]`, dims sorted): the binary COPY tuples of its
+/// `rollup_minute` rows (minutes from `minute_since`, Unix seconds, on), `rollup_hour` rows
+/// and `rollup_pair_hour` rows (each in key order, no header or trailer), and its sketches
+/// as `hll_group` gives them. Runs without the GIL.
 #[pyfunction]
-#[pyo3(signature = (rows_json, dims, precision = i64::from(hll::DEFAULT_P)))]
+#[pyo3(signature = (rows_json, dims, minute_since, precision = i64::from(hll::DEFAULT_P)))]
 #[allow(clippy::type_complexity)]
 fn rebuild_rows(
     py: Python<'_>,
     rows_json: PyBackedStr,
     dims: Vec<String>,
+    minute_since: i64,
     precision: i64,
 ) -> PyResult<(
+    Py<PyBytes>,
     Py<PyBytes>,
     Py<PyBytes>,
     Vec<(i64, String, String, String, i64, Py<PyBytes>)>,
 )> {
     let precision = hll_precision(precision)?;
-    let (hours, pairs, sketches) = py
+    let (minutes, hours, pairs, sketches) = py
         .detach(|| {
-            rebuild::rebuild_rows(&rows_json, &dims, precision).map(|r| {
+            rebuild::rebuild_rows(&rows_json, &dims, precision, minute_since).map(|r| {
                 let sketches: Vec<_> = r
                     .sketches
                     .into_iter()
                     .map(|(k, s)| (k, s.to_bytes()))
                     .collect();
-                (r.hours, r.pairs, sketches)
+                (r.minutes, r.hours, r.pairs, sketches)
             })
         })
         .map_err(|e| PyValueError::new_err(e.0))?;
@@ -326,11 +329,8 @@ fn rebuild_rows(
         .into_iter()
         .map(|((c, n, d, v, h), bytes)| (c, n, d, v, h, PyBytes::new(py, &bytes).unbind()))
         .collect();
-    Ok((
-        PyBytes::new(py, &hours).unbind(),
-        PyBytes::new(py, &pairs).unbind(),
-        sketches,
-    ))
+    let bytes = |b: Vec<u8>| PyBytes::new(py, &b).unbind();
+    Ok((bytes(minutes), bytes(hours), bytes(pairs), sketches))
 }
 
 /// The merge of `sketches` (at least one, all of one precision): the sketch of the union.

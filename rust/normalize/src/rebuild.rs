@@ -20,7 +20,7 @@ use crate::copy;
 use crate::hll::{HllError, Sketch};
 use crate::hll_group::{self, Key};
 
-/// One folded event as the rebuild's SQL sends it: customer id, event name, the hour (Unix
+/// One folded event as the rebuild's SQL sends it: customer id, event name, its minute (Unix
 /// seconds), its value (null counts 0 in the sums), its user (null: in no sketch), and the
 /// value of each dimension (in the order given) or null.
 type Row = (
@@ -54,9 +54,11 @@ pub const PAIR_COLUMNS: &[&str] = &[
     "sum_value",
 ];
 
-/// What a rebuild writes: COPY tuples (no header or trailer) of its hour rows and of its
-/// pair rows, how many of each, and its sketches in key order.
+/// What a rebuild writes: COPY tuples (no header or trailer) of its minute, hour and pair
+/// rows, how many of each, and its sketches in key order.
 pub struct Rollups {
+    pub minutes: Vec<u8>,
+    pub minute_rows: usize,
     pub hours: Vec<u8>,
     pub hour_rows: usize,
     pub pairs: Vec<u8>,
@@ -67,13 +69,22 @@ pub struct Rollups {
 /// A count and a sum of values.
 type Sums = (i64, f64);
 
+/// Single rows by key: customer, name, dimension ('' for the total), value, bucket.
+type Singles<'r> = HashMap<(i64, &'r str, &'r str, &'r str, i64), Sums, Xxh3DefaultBuilder>;
+
 /// A pair row's key: customer, name, the two dimensions (indexes into the sorted dims,
 /// a < b), their values, and the hour.
 type PairKey<'r> = (i64, &'r str, usize, usize, &'r str, &'r str, i64);
 
 /// The rollups of `rows_json` (see `Row`) for `dims` (sorted and distinct: each pair a < b is
-/// one pair kind, `dim_a < dim_b`), sketches at precision `p`.
-pub fn rebuild_rows(rows_json: &str, dims: &[String], p: u8) -> Result<Rollups, HllError> {
+/// one pair kind, `dim_a < dim_b`), sketches at precision `p`; minute rows only for the
+/// minutes from `minute_since` (Unix seconds) on, as the fold writes them (the horizon).
+pub fn rebuild_rows(
+    rows_json: &str,
+    dims: &[String],
+    p: u8,
+    minute_since: i64,
+) -> Result<Rollups, HllError> {
     if dims.windows(2).any(|w| w[0] >= w[1]) {
         return Err(HllError(
             "rebuild rows: dimensions must be sorted and distinct".into(),
@@ -81,11 +92,11 @@ pub fn rebuild_rows(rows_json: &str, dims: &[String], p: u8) -> Result<Rollups, 
     }
     let rows: Vec<Row> =
         serde_json::from_str(rows_json).map_err(|e| HllError(format!("rebuild rows: {e}")))?;
-    let mut singles: HashMap<(i64, &str, &str, &str, i64), Sums, Xxh3DefaultBuilder> =
-        HashMap::default();
+    let mut minutes: Singles<'_> = HashMap::default();
+    let mut singles: Singles<'_> = HashMap::default();
     let mut pairs: HashMap<PairKey<'_>, Sums, Xxh3DefaultBuilder> = HashMap::default();
     let mut users = Vec::with_capacity(rows.len());
-    for (customer, name, hour, value, user, values) in &rows {
+    for (customer, name, minute, value, user, values) in &rows {
         if values.len() != dims.len() {
             return Err(HllError(format!(
                 "rebuild rows: {} dimension values for {} dimensions",
@@ -93,21 +104,32 @@ pub fn rebuild_rows(rows_json: &str, dims: &[String], p: u8) -> Result<Rollups, 
                 dims.len()
             )));
         }
+        let (minute, hour) = (*minute, minute - minute.rem_euclid(3600));
         let v = value.unwrap_or(0.0);
         let add = |sums: &mut Sums| {
             sums.0 += 1;
             sums.1 += v;
         };
-        add(singles.entry((*customer, name, "", "", *hour)).or_default());
+        let each = dims
+            .iter()
+            .zip(values)
+            .filter_map(|(d, v)| v.as_deref().map(|v| (d.as_str(), v)));
+        for (dim, value) in std::iter::once(("", "")).chain(each) {
+            add(singles
+                .entry((*customer, name, dim, value, hour))
+                .or_default());
+            if minute >= minute_since {
+                add(minutes
+                    .entry((*customer, name, dim, value, minute))
+                    .or_default());
+            }
+        }
         for (a, va) in values.iter().enumerate() {
             let Some(va) = va else { continue };
-            add(singles
-                .entry((*customer, name, &dims[a], va, *hour))
-                .or_default());
             for (b, vb) in values.iter().enumerate().skip(a + 1) {
                 let Some(vb) = vb else { continue };
                 add(pairs
-                    .entry((*customer, name, a, b, va, vb, *hour))
+                    .entry((*customer, name, a, b, va, vb, hour))
                     .or_default());
             }
         }
@@ -115,23 +137,14 @@ pub fn rebuild_rows(rows_json: &str, dims: &[String], p: u8) -> Result<Rollups, 
             users.push((
                 *customer,
                 name.as_str(),
-                *hour,
+                hour,
                 user.as_str(),
                 values.as_slice(),
             ));
         }
     }
-    let mut singles: Vec<_> = singles.into_iter().collect();
-    singles.sort_unstable_by_key(|(k, _)| *k); // &str orders as bytes
-    let mut hours = Vec::with_capacity(singles.len() * 64);
-    for ((customer, name, dim, value, hour), sums) in &singles {
-        copy::tuple(&mut hours, HOUR_COLUMNS.len() as i16);
-        copy::int8(&mut hours, *customer);
-        copy::text(&mut hours, name);
-        copy::text(&mut hours, dim);
-        copy::text(&mut hours, value);
-        write_bucket_and_sums(&mut hours, *hour, sums);
-    }
+    let (minutes, minute_rows) = single_tuples(minutes);
+    let (hours, hour_rows) = single_tuples(singles);
     // Dims are sorted, so the indexes order as the names do.
     let mut pairs: Vec<_> = pairs.into_iter().collect();
     pairs.sort_unstable_by_key(|(k, _)| *k);
@@ -147,12 +160,30 @@ pub fn rebuild_rows(rows_json: &str, dims: &[String], p: u8) -> Result<Rollups, 
         write_bucket_and_sums(&mut out, *hour, sums);
     }
     Ok(Rollups {
-        hour_rows: singles.len(),
+        minutes,
+        minute_rows,
         hours,
+        hour_rows,
         pair_rows: pairs.len(),
         pairs: out,
         sketches: hll_group::sketches(users, dims, p)?,
     })
+}
+
+/// Single rows (`rollup_minute`, `rollup_hour`) as COPY tuples in key order, and how many.
+fn single_tuples(rows: Singles<'_>) -> (Vec<u8>, usize) {
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_unstable_by_key(|(k, _)| *k); // &str orders as bytes
+    let mut out = Vec::with_capacity(rows.len() * 64);
+    for ((customer, name, dim, value, bucket), sums) in &rows {
+        copy::tuple(&mut out, HOUR_COLUMNS.len() as i16);
+        copy::int8(&mut out, *customer);
+        copy::text(&mut out, name);
+        copy::text(&mut out, dim);
+        copy::text(&mut out, value);
+        write_bucket_and_sums(&mut out, *bucket, sums);
+    }
+    (out, rows.len())
 }
 
 fn write_bucket_and_sums(out: &mut Vec<u8>, hour: i64, (n, s): &Sums) {
@@ -213,7 +244,7 @@ mod tests {
 
     #[test]
     fn hour_rows_sum_the_total_and_each_value_in_key_order() {
-        let got = rebuild_rows(EVENTS, &dims(), DEFAULT_P).unwrap();
+        let got = rebuild_rows(EVENTS, &dims(), DEFAULT_P, i64::MAX).unwrap();
         let h = |s: i64| (s * 1_000_000 - PG_EPOCH_OFFSET_US).to_string();
         let (h0, h1, h2) = (h(0), h(3600), h(7200));
         let want = rows(&[
@@ -238,7 +269,7 @@ mod tests {
 
     #[test]
     fn pair_rows_need_both_values() {
-        let got = rebuild_rows(EVENTS, &dims(), DEFAULT_P).unwrap();
+        let got = rebuild_rows(EVENTS, &dims(), DEFAULT_P, i64::MAX).unwrap();
         let h = |s: i64| (s * 1_000_000 - PG_EPOCH_OFFSET_US).to_string();
         let (h0, h1, h2) = (h(0), h(3600), h(7200));
         let want = rows(&[
@@ -257,7 +288,7 @@ mod tests {
 
     #[test]
     fn sketches_are_hll_groups_of_the_events_with_users() {
-        let got = rebuild_rows(EVENTS, &dims(), DEFAULT_P).unwrap();
+        let got = rebuild_rows(EVENTS, &dims(), DEFAULT_P, i64::MAX).unwrap();
         let users = r#"[[7, "view", 3600, "u1", ["DE", "/b", null]],
                         [7, "view", 7200, "u2", ["DE", "/b", null]],
                         [7, "view", 3600, "u1", ["DE", "/b", "g"]],
@@ -268,12 +299,35 @@ mod tests {
     }
 
     #[test]
+    fn minute_rows_from_the_horizon_on_and_hours_of_their_minutes() {
+        let events = r#"[[1, "e", 3600, 1, null, ["DE", null, null]],
+                         [1, "e", 3660, 2, null, ["DE", null, null]],
+                         [1, "e", 7140, 4, null, [null, null, null]]]"#;
+        let got = rebuild_rows(events, &dims(), DEFAULT_P, 3660).unwrap();
+        let h = |s: i64| (s * 1_000_000 - PG_EPOCH_OFFSET_US).to_string();
+        let kinds = ['i', 't', 't', 't', 'i', 'i', 'f'];
+        let minutes = rows(&[
+            &["1", "e", "", "", &h(3660), "1", "2"],
+            &["1", "e", "", "", &h(7140), "1", "4"],
+            &["1", "e", "country", "DE", &h(3660), "1", "2"],
+        ]);
+        assert_eq!(decode(&got.minutes, &kinds), minutes);
+        assert_eq!(got.minute_rows, 3);
+        let hours = rows(&[
+            &["1", "e", "", "", &h(3600), "3", "7"],
+            &["1", "e", "country", "DE", &h(3600), "2", "3"],
+        ]);
+        assert_eq!(decode(&got.hours, &kinds), hours);
+        assert!(got.sketches.is_empty() && got.pair_rows == 0);
+    }
+
+    #[test]
     fn bad_rows() {
         let p = DEFAULT_P;
-        assert!(rebuild_rows("[[1, \"a\", 0, 1, null, [\"x\"]]]", &dims(), p).is_err());
-        assert!(rebuild_rows("not json", &dims(), p).is_err());
-        assert!(rebuild_rows("[]", &["b".into(), "a".into()], p).is_err());
-        let empty = rebuild_rows("[]", &dims(), p).unwrap();
+        assert!(rebuild_rows("[[1, \"a\", 0, 1, null, [\"x\"]]]", &dims(), p, 0).is_err());
+        assert!(rebuild_rows("not json", &dims(), p, 0).is_err());
+        assert!(rebuild_rows("[]", &["b".into(), "a".into()], p, 0).is_err());
+        let empty = rebuild_rows("[]", &dims(), p, 0).unwrap();
         assert_eq!(
             (empty.hour_rows, empty.pair_rows, empty.sketches.len()),
             (0, 0, 0)
