@@ -121,8 +121,13 @@ class RollupJob:
                 await anyio.lowlevel.checkpoint()
                 continue
             size = FOLD_MAX_EVENTS
-            # (Another worker's folds may have marked hours: looked for now and then.)
-            if self._marked or time.monotonic() - self._rebuilt_at > REBUILD_EVERY_S:
+            # (Another worker's folds may have marked hours: looked for now and then.) Not
+            # while a backfill still arrives (the last fold left hours out): hours rebuilt
+            # then are marked again by its next folds, and read whole again (through the
+            # service, a 1M-event backfill reached the rollups in ...).
+            arriving = folded is not None and folded.deferring > 0
+            since = time.monotonic() - self._rebuilt_at
+            if (self._marked and not arriving) or since > REBUILD_EVERY_S:
                 rebuilt = await self.rebuild_once()
                 if rebuilt is not None and rebuilt.more:
                     await anyio.lowlevel.checkpoint()

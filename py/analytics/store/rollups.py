@@ -215,7 +215,8 @@ def fold_sql(
     SELECT customer_id, name, hour, bare FROM deferred ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING RETURNING 1)"""
         )
-        results.append("(SELECT count(*) FROM dirty) AS deferred")
+        results += ["(SELECT count(*) FROM dirty) AS deferred",
+                    "(SELECT count(*) FROM deferred) AS deferring"]  # fmt: skip
     # Only a subtraction can leave a row at 0 (counts only grow otherwise): only then are
     # the rows written returned, for the emptied ones.
     returning = "\n    RETURNING r.*" if sign < 0 else ""
@@ -318,6 +319,9 @@ class Folded:
     more: bool = False
     #: Hours (per customer and name) this fold marked for a rebuild (store/deferred.py).
     deferred: int = 0
+    #: Hours it left out, marked already or not (a backfill still arriving: pipeline/
+    #: rollup_job.py rebuilds after it).
+    deferring: int = 0
 
 
 class Folder:
@@ -396,13 +400,13 @@ class Folder:
             args = (hour - DEFER_AFTER if self.defer else None, backlog)
             sql, args = (self.citus_sql, ()) if self._citus else (self.sql, args)
             row = await conn.fetchrow(sql, low, high, *args, timeout=timeout_s)
-            deferred = 0 if self._citus else row["deferred"]
+            deferred = (0, 0) if self._citus else (row["deferred"], row["deferring"])
             if row["events"]:
                 await merge_users(conn, row["users"], self.dims, cpu, timeout_s)
             await conn.execute(
                 "UPDATE rollup_state SET watermark = $1::text::xid8", high, timeout=timeout_s
             )
-        return Folded(row["events"], int(high), more, deferred)
+        return Folded(row["events"], int(high), more, *deferred)
 
 
 async def watermark(conn: asyncpg.Connection | asyncpg.Pool) -> int:
