@@ -32,7 +32,7 @@ from benches.harness.stack import ROOT, Stack
 from benches.query import bench, oracle, report
 from benches.query.bulk import bulk_load
 from benches.query.dataset import DAY_MS, Dataset
-from benches.query.load import load
+from benches.query.load import LoadResult, load
 
 MANIFEST = "querybench.json"
 #: Answers are checked against the oracle by default up to this many events (~10 s/M).
@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help="also load N current events (the last minute) for the backfill/current ratio",
+    )
+    p.add_argument(
+        "--current-first",
+        action="store_true",
+        help="load the current events first, on the fresh database (else after the"
+        " backfill, while the server may still vacuum and checkpoint what it wrote)",
     )
     p.add_argument(
         "--bulk",
@@ -121,6 +127,21 @@ async def _wait_folded(dsn: str, timeout_s: float = 3600) -> float:
     return time.monotonic() - started
 
 
+def _load_current(args: argparse.Namespace, stack: Stack) -> LoadResult:
+    """`--compare-current`'s events (the last minute, another customer), loaded and folded."""
+    now_ms = time.time_ns() // 10**6
+    keys = anyio.run(_customer, stack.dsn, "loadtest-current")
+    current = Dataset(
+        args.compare_current, args.seed, now_ms, 60_000, args.batch_size, f"c{now_ms}"
+    )
+    print(f"loading {args.compare_current:,} current events", flush=True)
+    result = load(
+        stack.port, keys.write.key, current, label="current", connections=args.connections
+    )
+    result.folded_s = result.seconds + anyio.run(_wait_folded, stack.dsn)
+    return result
+
+
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
@@ -175,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             args.events, args.seed, anchor, int(args.days * DAY_MS), args.batch_size,
             ordered=args.bulk,
         )  # fmt: skip
+        if args.compare_current and args.current_first:
+            current = _load_current(args, stack)
         if manifest:
             print(f"reusing the dataset loaded in {args.data_dir}", flush=True)
             meta["loads"] = [manifest["load"]]
@@ -198,23 +221,15 @@ def main(argv: list[str] | None = None) -> int:
                 manifest_path.write_bytes(
                     orjson.dumps({**wanted, "anchor_ms": anchor, "load": backfill.as_dict()})
                 )
+        if args.compare_current and not args.current_first:
+            current = _load_current(args, stack)
         if args.compare_current:
-            now_ms = time.time_ns() // 10**6
-            keys = anyio.run(_customer, stack.dsn, "loadtest-current")
-            current = Dataset(
-                args.compare_current, args.seed, now_ms, 60_000, args.batch_size, f"c{now_ms}"
-            )
-            print(f"loading {args.compare_current:,} current events", flush=True)
-            result = load(
-                stack.port, keys.write.key, current, label="current", connections=args.connections
-            )
-            result.folded_s = result.seconds + anyio.run(_wait_folded, stack.dsn)
-            meta["loads"].append(result.as_dict())
+            meta["loads"].append(current.as_dict())
             first = meta["loads"][0]
-            meta["backfill_share"] = first["events_per_s"] / result.events_per_s
-            if first.get("folded_events_per_s") and result.folded_s:
+            meta["backfill_share"] = first["events_per_s"] / current.events_per_s
+            if first.get("folded_events_per_s") and current.folded_s:
                 meta["backfill_folded_share"] = first["folded_events_per_s"] / (
-                    result.events / result.folded_s
+                    current.events / current.folded_s
                 )
         meta["stored"] = anyio.run(_stored, stack.dsn, stack.keys.customer_id)
         meta["dataset"] = {
