@@ -50,6 +50,8 @@ def markdown(meta: dict, runs: list[ShapeRun], checks: dict[str, str | None] | N
         )
     if meta.get("stored") is not None:
         lines.append(f"- events stored for the customer (database count): {meta['stored']:,}")
+    if meta.get("settle_s") is not None:
+        lines.append(f"- then `VACUUM (ANALYZE)` before the queries: {meta['settle_s']:,.1f} s")
     lines += [
         "",
         "| query (`GET /v1/metrics`) | points | cold p50 ms | cold p95 ms | cold max ms "
