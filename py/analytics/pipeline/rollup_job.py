@@ -124,7 +124,7 @@ class RollupJob:
             # (Another worker's folds may have marked hours: looked for now and then.) Not
             # while a backfill still arrives (the last fold left hours out): hours rebuilt
             # then are marked again by its next folds, and read whole again (through the
-            # service, a 1M-event backfill reached the rollups after 84-89 s; 65-66 s since).
+            # service, a 1M-event backfill reached the rollups after 93-98 s; 65-68 s since).
             arriving = folded is not None and folded.deferring > 0
             since = time.monotonic() - self._rebuilt_at
             if (self._marked and not arriving) or since > REBUILD_EVERY_S:

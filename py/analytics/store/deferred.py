@@ -1,14 +1,14 @@
-"""Hours whose hour-grain rollups the rollup job deferred, and their rebuild (migration 0009).
+"""Hours whose rollups the rollup job deferred, and their rebuild (migrations 0009, 0011).
 
-A fold of a backlog (store/rollups.py `Folder.fold`, `DEFER_AFTER`) leaves the events of old
-hours out of `rollup_hour`, `rollup_pair_hour` and `rollup_users_hour`, and marks each such
-(customer, name, hour) in `rollup_dirty`. Minute rows are written as always. `rebuild` then
-takes the oldest marks, computes those hours' rows from every folded raw event of them (read
-with the fold's dimension values, summed and sketched in Rust: `normalize.rebuild_rows`),
-writes them over the stored rows and deletes the marks, in one transaction under the job's
-lock. So in any snapshot a
-marked hour's rows are stale and an unmarked hour's rows hold every event below the
-watermark: queries read a marked hour from the raw events only (`clean`, `dirty_hours`).
+A fold of a backfill (store/rollups.py `Folder.fold`, `DEFER_AFTER`) leaves the events of
+old hours out of the rollups (`rollup_minute`, `rollup_hour`, `rollup_pair_hour`,
+`rollup_users_hour`), and marks each such (customer, name, hour) in `rollup_dirty`.
+`rebuild` then takes the oldest marks, computes those hours' rows from every folded raw
+event of them (read with the fold's dimension values, summed and sketched in Rust:
+`normalize.rebuild_rows`), writes them over the stored rows and deletes the marks, in one
+transaction under the job's lock. So in any snapshot a marked hour's rows are stale and an
+unmarked hour's rows hold every event below the watermark: queries read a marked hour from
+the raw events only (`clean`, `dirty_hours`).
 
 Why: a backfill's events are spread over weeks, so the events of one fold, however large,
 put a few events in each hour: every event was an upsert in 6 hour rows, 10 pair rows and
