@@ -15,8 +15,8 @@ documents the byte format, version `HLL_VERSION`): `hll_build(ids, precision)` m
 `hll_merge(sketches)` the sketch of their union, `hll_estimate(sketch)` the distinct count,
 within a relative standard error of `hll_standard_error(precision)` = 1.04 / sqrt(2^p)
 (1.625 % at the default precision 12). A sketch of a few ids is a few bytes (its sparse
-form), of many ids 2^p bytes. `rebuild_rows(rows_json, dims)` makes a rebuild's hour and pair rollup
-rows (as COPY tuples) and sketches (rust/normalize/src/rebuild.rs).
+form), of many ids 2^p bytes. `rebuild_rows(rows_json, dims, minute_since)` makes a rebuild's
+minute, hour and pair rollup rows (as COPY tuples) and sketches (rust/normalize/src/rebuild.rs).
 """
 
 from collections.abc import Mapping

@@ -183,7 +183,7 @@ class Rebuilder:
         except asyncpg.UniqueViolationError:
             log.warning("rebuild: a bare hour had rollup rows; rebuilt with upserts")
             await self._copy(conn, tuples, False, timeout_s)
-        await write_sketches(conn, sketches, timeout_s)
+        await write_sketches(conn, sketches, cpu, timeout_s)
         await conn.execute(_UNMARK_SQL, *keys, timeout=timeout_s)
         return row["events"]
 

@@ -11,7 +11,7 @@ An answer from rollups is the rollups (every event below the rollup job's waterm
 the raw events at or above the watermark, read in one snapshot: exact, and never staler than
 the last commit. Each row says where it came from (`Part`), because events without the
 grouped dimension are not in any group's rollup row: that group (`None`) is the total less
-the groups, bucket by bucket. Hours whose hour-grain rollups the job deferred (a backfill's:
+the groups, bucket by bucket. Hours whose rollups the job deferred (a backfill's:
 store/deferred.py) are read from their raw events only, folded or not, while marked.
 """
 

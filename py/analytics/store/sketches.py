@@ -82,13 +82,20 @@ def _columns(keys: Sequence[Key]) -> list[list[Any]]:
     return [list(c) for c in zip(*keys, strict=True)] if keys else [[], [], [], [], []]
 
 
-def _groups(rows_json: str, dims: list[str]) -> tuple[list[tuple[Key, bytes]], list[list[Any]]]:
-    """The fold's users as (key, sketch) per key, and the keys as column lists (CPU: Rust)."""
+def _keyed(
+    sketches: Sequence[tuple[Any, ...]],
+) -> tuple[list[tuple[Key, bytes]], list[list[Any]]]:
+    """Sketches as `hll_group` gives them, as (key, sketch) per key (the hour a timestamp),
+    and the keys as column lists."""
     groups = [
-        ((c, n, d, v, datetime.fromtimestamp(h, UTC)), sketch)
-        for c, n, d, v, h, sketch in hll_group(rows_json, dims)
+        ((c, n, d, v, datetime.fromtimestamp(h, UTC)), sketch) for c, n, d, v, h, sketch in sketches
     ]
     return groups, _columns([k for k, _ in groups])
+
+
+def _groups(rows_json: str, dims: list[str]) -> tuple[list[tuple[Key, bytes]], list[list[Any]]]:
+    """The fold's users as (key, sketch) per key, and the keys as column lists (CPU: Rust)."""
+    return _keyed(hll_group(rows_json, dims))
 
 
 def merged_sketches(groups: list[tuple[Key, bytes]], stored_rows: Sequence[Any]) -> list[bytes]:
@@ -138,15 +145,17 @@ async def merge_users(
 
 
 async def write_sketches(
-    conn: asyncpg.Connection, sketches: Sequence[tuple[Any, ...]], timeout_s: float
+    conn: asyncpg.Connection, sketches: Sequence[tuple[Any, ...]], cpu: Cpu, timeout_s: float
 ) -> None:
     """Write `sketches` (as `hll_group` gives them: every user of their keys, in key order)
-    over the stored ones: a rebuild's, from every event of their hours."""
-    for first in range(0, len(sketches), WRITE_CHUNK):
-        chunk = sketches[first : first + WRITE_CHUNK]
-        c, n, d, v, h, b = (list(col) for col in zip(*chunk, strict=True))
-        hours = [datetime.fromtimestamp(x, UTC) for x in h]
-        await conn.execute(_WRITE_SQL, c, n, d, v, hours, b, timeout=timeout_s)
+    over the stored ones: a rebuild's, from every event of their hours (keyed through
+    `cpu`, as `merge_users` does)."""
+    groups, key_columns = await cpu(_keyed, sketches)
+    for first in range(0, len(groups), WRITE_CHUNK):
+        chunk = slice(first, first + WRITE_CHUNK)
+        columns = [c[chunk] for c in key_columns]
+        sketch_bytes = [sketch for _, sketch in groups[chunk]]
+        await conn.execute(_WRITE_SQL, *columns, sketch_bytes, timeout=timeout_s)
 
 
 async def inline(fn: Callable[..., Any], *args: Any) -> Any:
